@@ -1,0 +1,1 @@
+"""Input and output: DICOM series, derived-series writer, SUV, sinogram files."""

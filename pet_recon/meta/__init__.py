@@ -1,0 +1,1 @@
+"""Meta-information: prompt building, tokenizer, encoder, LoRA."""

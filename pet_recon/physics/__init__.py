@@ -1,0 +1,1 @@
+"""PET physics: geometry, projector, OSEM, phantoms, simulation."""
