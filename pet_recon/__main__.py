@@ -1,0 +1,5 @@
+"""``python -m pet_recon`` runs the command-line interface."""
+
+from pet_recon.cli import app
+
+app(prog_name="petrecon")

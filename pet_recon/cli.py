@@ -1,0 +1,131 @@
+"""Command-line interface (Typer). Each command validates its arguments and calls one API
+function; problems with the user's input are reported in one line with exit status 2."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import typer
+
+from pet_recon.errors import PetReconError
+
+app = typer.Typer(
+    name="petrecon",
+    help="Low-dose PET restoration: DICOM in, SUV-consistent derived DICOM series out.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+F = TypeVar("F", bound=Callable[..., object])
+
+InPath = Annotated[
+    Path,
+    typer.Option("--in", exists=True, readable=True, resolve_path=True,
+                 help="Input folder (searched recursively) or zip file."),
+]
+SeriesUid = Annotated[
+    str | None, typer.Option("--series-uid", help="SeriesInstanceUID when several PET series.")
+]
+Weight = Annotated[
+    float | None,
+    typer.Option("--weight", min=1.0, max=500.0, help="Patient weight in kg (overrides header)."),
+]
+Dose = Annotated[
+    float | None,
+    typer.Option("--dose", min=0.001, help="Injected activity in MBq (overrides header)."),
+]
+Drf = Annotated[
+    float | None,
+    typer.Option("--drf", min=1.0, help="Dose reduction factor of the input (20 = 1/20 dose)."),
+]
+
+
+def _user_errors(func: F) -> F:
+    """Turn PetReconError into one line on stderr and exit status 2 (no traceback)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: object, **kwargs: object) -> object:
+        try:
+            return func(*args, **kwargs)
+        except PetReconError as exc:
+            typer.echo(f"petrecon: error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.echo("petrecon: interrupted; nothing was written", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _setup_logging(quiet: bool) -> None:
+    level = logging.ERROR if quiet else logging.WARNING
+    if os.environ.get("PETRECON_DEBUG"):
+        level = logging.DEBUG
+    logging.basicConfig(level=level, format="petrecon: %(levelname)s: %(message)s",
+                        stream=sys.stderr, force=True)
+
+
+@app.command()
+@_user_errors
+def reconstruct(
+    in_path: InPath,
+    out_dir: Annotated[Path, typer.Option("--out", help="Output folder for the derived series.")],
+    method: Annotated[str, typer.Option(help="Restoration method.")] = "gaussian",
+    fwhm: Annotated[
+        float, typer.Option("--fwhm", min=0.0, max=50.0, help="Gaussian FWHM in mm.")
+    ] = 6.0,
+    series_uid: SeriesUid = None,
+    weight: Weight = None,
+    dose: Dose = None,
+    report: Annotated[Path | None, typer.Option(help="Write a JSON run report here.")] = None,
+    preview: Annotated[
+        Path | None, typer.Option(help="Write a PNG of MIPs before/after here.")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bar, errors only.")] = False,
+) -> None:
+    """Restore a low-dose PET series and write a derived DICOM series."""
+    from pet_recon.pipeline import reconstruct as run
+
+    _setup_logging(quiet)
+    result = run(
+        in_path, out_dir, method=method, fwhm_mm=fwhm, series_uid=series_uid,
+        overwrite=overwrite, report_path=report, preview_path=preview,
+        weight_kg=weight, dose_mbq=dose, progress=not quiet,
+    )
+    if not quiet:
+        out = result["output"]
+        typer.echo(f"wrote {out['n_files']} files to {out['path']}", err=True)
+        for warning in result["warnings"]:
+            typer.echo(f"petrecon: warning: {warning}", err=True)
+
+
+@app.command("inspect-meta")
+@_user_errors
+def inspect_meta(
+    in_path: InPath,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+    drf: Drf = None,
+    series_uid: SeriesUid = None,
+    weight: Weight = None,
+    dose: Dose = None,
+) -> None:
+    """Show the meta-information and the prompt the model will be given, per PET series."""
+    from pet_recon.inspect import format_table
+    from pet_recon.inspect import inspect_meta as run
+
+    _setup_logging(quiet=as_json)
+    reports = run(in_path, drf=drf, series_uid=series_uid, weight_kg=weight, dose_mbq=dose)
+    if as_json:
+        typer.echo(json.dumps(reports, indent=2))
+    else:
+        typer.echo(format_table(reports))
+

@@ -1,0 +1,68 @@
+"""Safe output folders: write into a temporary sibling, move into place when complete.
+
+An existing output is never overwritten without ``overwrite=True``, and even then the old
+folder is only removed after the new one is complete, so a failed run loses nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from pet_recon.errors import PetReconError
+
+
+def check_output_dir(out_dir: Path, overwrite: bool) -> None:
+    """Fail early when ``out_dir`` exists (non-empty) without overwrite, or cannot be made."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise PetReconError(f"{out_dir}: output exists and is not a folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise PetReconError(f"{out_dir}: output folder exists and is not empty (use --overwrite)")
+    parent = out_dir.resolve().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PetReconError(f"{parent}: cannot create output folder ({exc.strerror})") from None
+    probe: Path | None = None
+    try:
+        fd, name = tempfile.mkstemp(prefix=".petrecon-probe-", dir=parent)
+        probe = Path(name)
+        os.close(fd)
+    except OSError as exc:
+        raise PetReconError(f"{parent}: output location is not writable ({exc.strerror})") from None
+    finally:
+        if probe is not None:
+            probe.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def staged_output(out_dir: Path, overwrite: bool) -> Iterator[Path]:
+    """Yield a temporary folder beside ``out_dir``; move it to ``out_dir`` on success.
+
+    Parameters
+    ----------
+    out_dir : Path
+        Final output folder.
+    overwrite : bool
+        Replace an existing non-empty ``out_dir`` (only once the new output is complete).
+    """
+    check_output_dir(out_dir, overwrite)
+    parent = out_dir.resolve().parent
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=parent))
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    backup: Path | None = None
+    if out_dir.exists():
+        backup = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=parent))
+        backup.rmdir()
+        out_dir.rename(backup)
+    staging.rename(out_dir)
+    if backup is not None:
+        shutil.rmtree(backup, ignore_errors=True)
