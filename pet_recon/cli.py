@@ -129,3 +129,48 @@ def inspect_meta(
     else:
         typer.echo(format_table(reports))
 
+
+
+def _device(name: str) -> object:
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise PetReconError("--device cuda: no CUDA device is available")
+    return torch.device(name)
+
+
+Device = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
+
+
+@app.command()
+@_user_errors
+def simulate(
+    out_dir: Annotated[Path, typer.Option("--out", help="Output folder (one folder a case).")],
+    phantom: Annotated[str, typer.Option(help="Phantom family: brain, body or nema.")],
+    cases: Annotated[int, typer.Option(min=1, max=10000, help="Number of cases.")] = 1,
+    drf: Annotated[
+        list[int] | None, typer.Option(min=2, help="Dose reduction factor; repeat for several.")
+    ] = None,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the first case.")] = 0,
+    slices: Annotated[int, typer.Option(min=1, max=512)] = 64,
+    matrix: Annotated[int, typer.Option(min=32, max=512)] = 128,
+    device: Device = "cpu",
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """Simulate PET studies: DICOM at full and low dose, sinograms, truth, mu, CT, MR."""
+    from pet_recon.physics.simulate import DEFAULT_DRFS, simulate_study
+
+    _setup_logging(quiet)
+    if phantom not in ("brain", "body", "nema"):
+        raise PetReconError(f"--phantom must be brain, body or nema, got {phantom!r}")
+    report = simulate_study(
+        out_dir, phantom=phantom, cases=cases, drfs=tuple(drf or DEFAULT_DRFS), seed=seed,
+        slices=slices, matrix=matrix, overwrite=overwrite, device=_device(device),
+        progress=not quiet,
+    )
+    if not quiet:
+        for case in report["cases"]:
+            typer.echo(f"{case['case']}: {case['total_s']:.1f} s", err=True)

@@ -124,6 +124,7 @@ class AcquisitionInfo:
     manufacturer: str | None = None
     model: str | None = None
     units: str | None = None  # Units (0054,1001): BQML, CNTS, GML, CM2ML, PROPCPS, ...
+    suv_type: str | None = None  # SUV Type (0054,1006) of GML/CM2ML images: BW, LBMJAMES128, ...
     decay_correction: str | None = None  # START, ADMIN or NONE
     series_datetime: datetime | None = None
     acquisition_datetimes: tuple[datetime | None, ...] = ()

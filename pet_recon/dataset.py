@@ -1,0 +1,175 @@
+"""Training data: simulated cases as safetensors shards, and a streaming slice loader.
+
+One shard per case, ``<root>/<split>/<case_id>.safetensors``, holds aligned volumes
+(``(planes, ny, nx)`` images in SUV g/ml as float16; ``(planes, views, bins)`` sinograms):
+
+- ``truth``, ``fd``, ``ld_drf<k>`` (SUV images), ``mu`` (1/cm), ``mr`` (a.u.), ``labels``;
+- ``sino_fd``, ``sino_ld_drf<k>`` (prompts, int32 counts), ``attenuation``,
+  ``normalisation``, ``background_fd`` (float32; background of level k = background_fd/k);
+
+and in its metadata (``json`` key) the case record: per dose level the meta-information
+record and rendered prompt, the SUV factors and the calibration.
+
+The split is fixed by the case seed (:func:`split_of`), so a seed is in the same split
+whichever command wrote it: ``seed % 10 == 8`` validation, ``== 9`` test, else training.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from pet_recon.meta.prompt import build_record, render_prompt
+from pet_recon.physics.simulate import SimulatedCase, series_meta
+
+SPLITS = ("train", "val", "test")
+
+
+def split_of(seed: int) -> str:
+    """The split of a case seed: ``val`` if seed % 10 == 8, ``test`` if 9, else ``train``."""
+    return {8: "val", 9: "test"}.get(seed % 10, "train")
+
+
+def case_prompts(case: SimulatedCase) -> dict[int, dict[str, object]]:
+    """Meta-information record and prompt of each dose level of a case (1 = full dose)."""
+    out: dict[int, dict[str, object]] = {}
+    for k in sorted(case.images):
+        meta = series_meta(case, k, "1.2.3", "1.2.3.4", series_number=k)
+        record = build_record(meta, drf=float(k))
+        out[k] = {"record": record.to_dict(), "prompt": render_prompt(record)}
+    return out
+
+
+def write_shard(case: SimulatedCase, root: Path) -> Path:
+    """Write one case as ``root/<split>/<case_id>.safetensors`` and return its path."""
+    split = split_of(case.seed)
+    path = root / split / f"{case.case_id}.safetensors"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors: dict[str, np.ndarray] = {
+        "truth": case.truth_bqml * case.suv_factor(1),
+        "mu": case.phantom.mu,
+        "mr": case.phantom.mr,
+        "labels": case.phantom.labels.astype(np.int16),
+        "attenuation": case.attenuation,
+        "normalisation": np.broadcast_to(case.normalisation, case.sinogram.shape),
+        "background_fd": case.background,
+    }
+    for k, image in case.images.items():
+        name = "fd" if k == 1 else f"ld_drf{k}"
+        tensors[name] = image * case.suv_factor(k)
+        tensors[f"sino_{name}"] = case.prompts[k].astype(np.int32)
+    for name in ("truth", "mu", "mr", *(n for n in tensors if n == "fd" or n.startswith("ld_"))):
+        tensors[name] = tensors[name].astype(np.float16)
+    for name in ("attenuation", "normalisation", "background_fd"):
+        tensors[name] = np.ascontiguousarray(tensors[name], dtype=np.float32)
+    record = {
+        "case_id": case.case_id,
+        "family": case.family,
+        "seed": case.seed,
+        "split": split,
+        "drfs": sorted(k for k in case.images if k != 1),
+        "levels": {str(k): v for k, v in case_prompts(case).items()},
+        "suv_factor": {str(k): case.suv_factor(k) for k in sorted(case.images)},
+        "calibration": case.calibration,
+        "pixel_mm": case.image.pixel_mm,
+        "plane_mm": case.image.plane_mm,
+        "bin_mm": case.sinogram.bin_mm,
+    }
+    tmp = path.with_name(f".partial-{path.name}")
+    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp),
+              metadata={"json": json.dumps(record)})
+    tmp.replace(path)
+    return path
+
+
+def read_record(path: Path) -> dict[str, object]:
+    """The case record stored in a shard's metadata."""
+    with safe_open(str(path), framework="np") as f:
+        return json.loads(f.metadata()["json"])
+
+
+class SliceStream(torch.utils.data.IterableDataset):
+    """Stream training slices from the shards of one split.
+
+    Each item is a dict of tensors for one plane of one case at one dose level:
+    ``ld`` ``(2 * neighbours + 1, ny, nx)`` low-dose SUV with neighbouring planes as
+    channels (edges repeat), ``fd`` and ``truth`` ``(1, ny, nx)``, ``mu`` and ``mr``
+    ``(1, ny, nx)``, ``sino_ld`` and ``sino_fd`` ``(1, views, bins)`` prompts scaled to the
+    full-dose level (``sino_ld * k``), ``drf`` (float), plus ``prompt`` (str) and ``case_id``.
+
+    Parameters
+    ----------
+    root : Path
+        Folder with ``train/``, ``val/``, ``test/`` shard folders.
+    split : {"train", "val", "test"}
+    drfs : tuple of int, optional
+        Dose levels to draw from (default: every level in each shard).
+    neighbours : int
+        Planes on each side given as extra channels.
+    seed : int
+        Shuffling seed; the order differs per epoch (``set_epoch``) and per worker.
+    shuffle : bool
+        Shuffle shards and planes.
+    """
+
+    def __init__(self, root: Path, split: str, *, drfs: tuple[int, ...] | None = None,
+                 neighbours: int = 1, seed: int = 0, shuffle: bool = True) -> None:
+        super().__init__()
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        self.files = sorted((Path(root) / split).glob("*.safetensors"))
+        if not self.files:
+            raise FileNotFoundError(f"{Path(root) / split}: no shards (*.safetensors)")
+        self.drfs, self.neighbours = drfs, neighbours
+        self.seed, self.shuffle, self.epoch = seed, shuffle, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Change the shuffling order for the next pass."""
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[dict[str, object]]:
+        info = torch.utils.data.get_worker_info()
+        worker, n_workers = (info.id, info.num_workers) if info else (0, 1)
+        rng = random.Random(self.seed * 1_000_003 + self.epoch * 101 + worker)
+        files = self.files[worker::n_workers]
+        if self.shuffle:
+            files = rng.sample(files, len(files))
+        for path in files:
+            yield from self._case_items(path, rng)
+
+    def _case_items(self, path: Path, rng: random.Random) -> Iterator[dict[str, object]]:
+        record = read_record(path)
+        drfs = [k for k in record["drfs"] if self.drfs is None or k in self.drfs]
+        if not drfs:
+            return
+        with safe_open(str(path), framework="pt") as f:
+            fixed = {name: f.get_tensor(name) for name in ("fd", "truth", "mu", "mr", "sino_fd")}
+            levels = {k: (f.get_tensor(f"ld_drf{k}"), f.get_tensor(f"sino_ld_drf{k}"))
+                      for k in drfs}
+        planes = list(range(fixed["fd"].shape[0]))
+        if self.shuffle:
+            rng.shuffle(planes)
+        last = len(planes) - 1
+        for p in planes:
+            k = rng.choice(drfs) if self.shuffle else drfs[p % len(drfs)]
+            ld, sino = levels[k]
+            idx = [min(max(p + d, 0), last) for d in range(-self.neighbours, self.neighbours + 1)]
+            yield {
+                "ld": ld[idx].float(),
+                "fd": fixed["fd"][p : p + 1].float(),
+                "truth": fixed["truth"][p : p + 1].float(),
+                "mu": fixed["mu"][p : p + 1].float(),
+                "mr": fixed["mr"][p : p + 1].float(),
+                "sino_ld": sino[p : p + 1].float() * k,
+                "sino_fd": fixed["sino_fd"][p : p + 1].float(),
+                "drf": float(k),
+                "prompt": record["levels"][str(k)]["prompt"],
+                "case_id": record["case_id"],
+            }
