@@ -104,8 +104,6 @@ def reconstruct(
     if not quiet:
         out = result["output"]
         typer.echo(f"wrote {out['n_files']} files to {out['path']}", err=True)
-        for warning in result["warnings"]:
-            typer.echo(f"petrecon: warning: {warning}", err=True)
 
 
 @app.command("inspect-meta")

@@ -165,6 +165,7 @@ def reconstruct(
     except SuvUnavailable as exc:
         factors, suv_type = None, None
         warnings.append(f"SUV not available: {exc}")
+        log.warning("SUV not available: %s", exc)
 
     t0 = time.perf_counter()
     bar.set_postfix_str(method)
@@ -193,7 +194,8 @@ def reconstruct(
     if preview_path is not None:
         first = float(factors[0]) if factors is not None else None
         _write_atomic(preview_path, lambda p: write_preview(
-            volume, restored, p, suv_factor=first, spacing=meta.geometry.spacing))
+            volume, restored, p, suv_factor=first, spacing=meta.geometry.spacing,
+            units=meta.units))
 
     report: dict[str, object] = {
         "versions": _versions(),

@@ -94,7 +94,7 @@ def test_read_series_gh184_jpeg_lossless(shared_data: Path) -> None:
     assert meta.geometry.spacing == pytest.approx((5.46875, 5.46875, 3.27))
     assert meta.acquisition.ge_scan_datetime == datetime(2014, 10, 23, 11, 0, 36)
     assert meta.radiopharmaceutical.start == datetime(2014, 10, 23, 9, 32)
-    assert meta.patient.weight_kg == 90.0 and meta.patient.age_years == 0.0
+    assert meta.patient.weight_kg == 90.0 and meta.patient.age_years is None  # "000Y"
 
 
 def test_read_series_shuffled_files_sorted_by_position(shared_data: Path, tmp_path: Path) -> None:
@@ -334,3 +334,12 @@ def test_read_series_patient_age_and_height_in_cm(shared_data: Path, tmp_path: P
     assert meta.patient.height_m == pytest.approx(1.75)
     assert meta.patient.weight_kg is None
     assert any("in cm" in w for w in meta.warnings)
+
+
+def test_read_series_anonymised_age_is_unknown(shared_data: Path, tmp_path: Path) -> None:
+    def placeholder(k: int, ds: Dataset) -> None:
+        ds.PatientAge = "000Y"
+        ds.PatientBirthDate = "17000101"
+
+    _, meta = read_series(_write_series(shared_data, tmp_path / "in", placeholder))
+    assert meta.patient.age_years is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import subprocess
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -49,15 +50,15 @@ class Written:
     files: list[Path]
 
 
-def _write(source: Path, out: Path, **kwargs: object) -> Written:
+def _write(source: Path, out: Path) -> Written:
+    """Read ``source`` and write it back unfiltered as a derived series in ``out``."""
     volume, meta = read_series(source)
     files = write_derived_series(
         volume,
         meta,
         out,
-        series_description=str(kwargs.pop("series_description", "petrecon restored")),
+        series_description="petrecon restored",
         derivation_description="petrecon test: unfiltered copy",
-        **kwargs,  # type: ignore[arg-type]
     )
     return Written(source, volume, meta, out, files)
 
@@ -207,6 +208,22 @@ def test_write_derived_series_gh184_explicit_little_endian_without_other_private
     private = [elem.tag for elem in ds if elem.tag.is_private]
     assert private == [pydicom.tag.Tag(0x0009, 0x0010), pydicom.tag.Tag(0x0009, 0x100D)]
     assert ds[0x0009, 0x100D].value == "20141023110036.000000"
+
+
+def test_write_derived_series_non_ascii_description_written_as_utf8(
+    gh184: Written, tmp_path: Path
+) -> None:
+    files = write_derived_series(
+        gh184.volume,
+        gh184.meta,
+        tmp_path / "out",
+        series_description="débruité 低剂量",
+        derivation_description="restauration à faible dose",
+    )
+    ds = pydicom.dcmread(files[0], stop_before_pixels=True)
+    assert ds.SpecificCharacterSet == "ISO_IR 192"
+    assert ds.SeriesDescription == "débruité 低剂量"
+    assert ds.StudyDescription == gh184.meta.headers[0].StudyDescription
 
 
 def test_write_derived_series_new_uids_same_study_and_frame_of_reference(gh184: Written) -> None:
@@ -418,8 +435,10 @@ def _minimal_meta() -> SeriesMeta:
 
 @needs_dciodvfy
 @pytest.mark.parametrize("make_meta", [_simulated_meta, _minimal_meta], ids=["full", "minimal"])
-def test_write_new_series_dciodvfy_no_errors(tmp_path: Path, make_meta: object) -> None:
-    meta = make_meta()  # type: ignore[operator]
+def test_write_new_series_dciodvfy_no_errors(
+    tmp_path: Path, make_meta: Callable[[], SeriesMeta]
+) -> None:
+    meta = make_meta()
     volume = np.ones(meta.geometry.shape, dtype=np.float32)
     files = write_new_series(
         volume,

@@ -555,15 +555,21 @@ def _patient(ds: Dataset, warnings: list[str]) -> PatientInfo:
 
 
 def _age_years(ds: Dataset) -> float | None:
-    """PatientAge ('045Y', '006M', ...), else the birth date's distance to the study date."""
+    """PatientAge ('045Y', '006M', ...), else the birth date's distance to the study date.
+
+    Anonymisation placeholders give None: PatientAge '000Y' (an infant's age is written in
+    days, weeks or months) and birth dates that make the patient older than 120 years
+    (e.g. 17000101).
+    """
     match = re.fullmatch(r"(\d{1,3})([DWMY])", _str(ds.get("PatientAge")) or "")
-    if match:
+    if match and match.group(0) != "000Y":
         return int(match.group(1)) * _AGE_UNIT_YEARS[match.group(2)]
     birth = _parse_date(ds.get("PatientBirthDate"))
     study = _parse_date(ds.get("StudyDate") or ds.get("SeriesDate"))
     if birth is None or study is None:
         return None
-    return (study - birth).days / 365.25
+    age = (study - birth).days / 365.25
+    return age if 0 <= age <= 120 else None
 
 
 def _radiopharmaceutical(

@@ -22,8 +22,9 @@ Conventions
   voxel size), which anti-aliases edges like infinite supersampling of a locally flat surface
   at the cost of one evaluation per voxel; ellipsoids smaller than about four voxels are
   instead evaluated on a 3x3x3 supersampled grid and averaged. A voxel's label is the last
-  structure painted that covers at least half of it (a lesion always keeps at least its most
-  covered voxel).
+  structure painted that covers at least half of it, except that a lesion (or NEMA sphere)
+  labels as many voxels as its volume fills, its most covered ones, so that label volumes
+  of small objects are unbiased.
 
 Label table (:class:`Label`)
 ----------------------------
@@ -257,18 +258,26 @@ def _smoothstep(t: np.ndarray) -> np.ndarray:
     return t * t * (3.0 - 2.0 * t)
 
 
-def _coverage(level: np.ndarray) -> np.ndarray:
-    """Fraction of each voxel inside ``level < 0`` (first-order box filter).
+def _coverage(*levels: np.ndarray) -> np.ndarray:
+    """Fraction of each voxel inside all of ``level < 0`` (first-order box filter).
 
-    The level's change across one voxel along each axis is estimated by central differences,
-    so ``level`` may be in any unit; axes of length 1 are treated as unresolved.
+    Each level's change across one voxel along each axis is estimated by central differences,
+    so a level may be in any unit; axes of length 1 are treated as unresolved. The coverage of
+    an intersection is the product of the coverages (exact for orthogonal faces), so levels of
+    lower dimension (e.g. ``(planes, 1, 1)`` for a z-range) cost little.
     """
-    width = np.zeros_like(level)
-    for axis in range(3):
-        if level.shape[axis] > 1:
-            width += np.abs(np.gradient(level, axis=axis))
-    cover = 0.5 - level / np.maximum(width, 1e-6)
-    return np.clip(cover, 0.0, 1.0, out=cover)
+    total: np.ndarray | None = None
+    for level in levels:
+        width = np.zeros_like(level)
+        for axis in range(3):
+            if level.shape[axis] > 1:
+                width += np.abs(np.gradient(level, axis=axis))
+        cover = 0.5 - level / np.maximum(width, 1e-6)
+        np.clip(cover, 0.0, 1.0, out=cover)
+        total = cover if total is None else total * cover
+    if total is None:
+        raise ValueError("no level given")
+    return total
 
 
 def _ellipsoid_level(
@@ -367,10 +376,13 @@ class _Canvas:
         self.labels = np.zeros(shape, np.int16)
 
     def paint(
-        self, level: np.ndarray, label: int, tissue: _Tissue, suv: float | np.ndarray
+        self, label: int, tissue: _Tissue, suv: float | np.ndarray, *levels: np.ndarray
     ) -> None:
-        """Paint ``level < 0`` (broadcastable to the grid); ``suv`` scalar or grid-shaped."""
-        self._composite(_coverage(level), (slice(None),) * 3, label, tissue, suv)
+        """Paint where all ``levels`` (broadcastable to the grid) are negative.
+
+        ``suv`` is a scalar or grid-shaped.
+        """
+        self.fill(label, tissue, suv, _coverage(*levels))
 
     def paint_ellipsoid(
         self,
@@ -380,12 +392,13 @@ class _Canvas:
         tissue: _Tissue,
         suv: float,
         yaw_deg: float = 0.0,
-        inside: np.ndarray | None = None,
+        within: np.ndarray | None = None,
     ) -> None:
-        """Paint an ellipsoid (centre x, y, z and radii in mm), clipped to ``inside < 0``.
+        """Paint an ellipsoid (centre x, y, z and radii in mm) times the coverage ``within``.
 
         Only the ellipsoid's bounding box is evaluated; ellipsoids smaller than four voxels
-        (and not clipped) are supersampled 3x3x3.
+        are supersampled 3x3x3. ``within`` (broadcastable to the grid) clips the ellipsoid to
+        another structure, e.g. an organ to the body.
         """
         reach_xy = max(radii[0], radii[1])
         reach = (radii[2], reach_xy, reach_xy)
@@ -398,7 +411,7 @@ class _Canvas:
                 return
             box.append(slice(lo, hi))
         region = (box[0], box[1], box[2])
-        factor = 3 if inside is None and min(radii) < 4 * max(self.spacing) else 1
+        factor = 3 if min(radii) < 4 * max(self.spacing) else 1
         z, y, x = (
             _subsample(self.axes[axis][region[axis]], self.spacing[axis], factor)
             for axis in range(3)
@@ -406,22 +419,26 @@ class _Canvas:
         level = _ellipsoid_level(
             x[None, None, :], y[None, :, None], z[:, None, None], centre, radii, yaw_deg
         )
-        if inside is not None:
-            level = np.maximum(level, np.broadcast_to(inside, self.labels.shape)[region])
         cover = _coverage(level)
         if factor > 1:
             nz, ny, nx = (n // factor for n in cover.shape)
             cover = cover.reshape(nz, factor, ny, factor, nx, factor).mean(axis=(1, 3, 5))
-        self._composite(cover, region, label, tissue, suv)
+        if within is not None:
+            cover = cover * np.broadcast_to(within, self.labels.shape)[region]
+        self.fill(label, tissue, suv, cover, region)
 
-    def _composite(
+    def fill(
         self,
-        cover: np.ndarray,
-        region: tuple[slice, slice, slice],
         label: int,
         tissue: _Tissue,
         suv: float | np.ndarray,
+        cover: np.ndarray,
+        region: tuple[slice, slice, slice] = (slice(None), slice(None), slice(None)),
     ) -> None:
+        """Composite a structure of voxel coverage ``cover`` (shape of ``region``) on top.
+
+        ``suv`` is a scalar or has the shape of ``region``.
+        """
         for volume, value in (
             (self.activity, suv),
             (self.mu, tissue.mu),
@@ -431,11 +448,15 @@ class _Canvas:
             view = volume[region]
             view += cover * (value - view)
         labels = self.labels[region]
-        owned = np.broadcast_to(cover >= 0.5, labels.shape)
-        if label >= LESION_BASE and not owned.any() and cover.max() > 0:
-            owned = np.zeros(labels.shape, bool)
-            owned.flat[int(np.argmax(np.broadcast_to(cover, labels.shape)))] = True
-        labels[owned] = label
+        if label >= LESION_BASE:
+            # A lesion owns as many voxels as it fills, its most covered ones, at least one.
+            flat = np.broadcast_to(cover, labels.shape).ravel()
+            count = max(1, round(float(flat.sum())))
+            owned = np.zeros(flat.size, bool)
+            owned[np.argpartition(flat, flat.size - count)[flat.size - count :]] = True
+            labels[owned.reshape(labels.shape)] = label
+        else:
+            labels[np.broadcast_to(cover >= 0.5, labels.shape)] = label
 
 
 def _draw_patient(
@@ -484,6 +505,7 @@ def _place_lesions(
     lesions: list[dict[str, Any]] = []
     candidates = {label: np.flatnonzero(canvas.labels == label) for label in hosts}
     candidates = {label: idx for label, idx in candidates.items() if idx.size > 0}
+    half = canvas.geometry.n_planes * canvas.geometry.plane_mm / 2.0
     attempts = 0
     while len(lesions) < count and candidates and attempts < 20 * count:
         attempts += 1
@@ -496,6 +518,8 @@ def _place_lesions(
             float(canvas.axes[axis][index[axis]] + jitter[axis] * canvas.spacing[axis])
             for axis in (2, 1, 0)
         )
+        if abs(centre[2]) > half - min(diameter / 2, half / 2):
+            continue  # keep lesions inside the slab
         if min_depth_mm is not None and min_depth_mm[index] < diameter / 2 + 5.0:
             continue
         if any(
@@ -659,11 +683,11 @@ def brain(geometry: ImageGeometry, seed: int, tracer: str = "FDG") -> Phantom:
 
     # Scalp and neck, skull, CSF.
     neck = _superellipse_level(lx, ly - 12.0 * k, 55.0 * k, 68.0 * k, 2.0)
-    canvas.paint(np.maximum(neck, (lz + 30.0 * k) / 30.0), Label.SOFT_TISSUE, _SOFT, scalp)
+    canvas.paint(Label.SOFT_TISSUE, _SOFT, scalp, neck, lz + 30.0 * k)
     outer = t_csf + t_skull + t_scalp
-    canvas.paint(-(d_cranium + outer), Label.SOFT_TISSUE, _SCALP, scalp)
-    canvas.paint(-(d_cranium + t_csf + t_skull), Label.SKULL, _SKULL, skull)
-    canvas.paint(-(d_cranium + t_csf), Label.CSF, _CSF, csf)
+    canvas.paint(Label.SOFT_TISSUE, _SCALP, scalp, -(d_cranium + outer))
+    canvas.paint(Label.SKULL, _SKULL, skull, -(d_cranium + t_csf + t_skull))
+    canvas.paint(Label.CSF, _CSF, csf, -(d_cranium + t_csf))
 
     # Cortex: depth below the outer surface or the interhemispheric fissure, which reaches
     # the corpus callosum centrally and splits the frontal and occipital poles completely.
@@ -700,15 +724,15 @@ def brain(geometry: ImageGeometry, seed: int, tracer: str = "FDG") -> Phantom:
             )
     elif tracer == "amyloid+":
         gm_suv *= 1.0 + 0.1 * _random_field(rng, shape, spacing, 15.0)
-    canvas.paint(pial - d_cortex, Label.GREY_MATTER, _GM, gm_suv)
-    canvas.paint(white - d_cortex, Label.WHITE_MATTER, _WM, wm)
+    canvas.paint(Label.GREY_MATTER, _GM, gm_suv, pial - d_cortex)
+    canvas.paint(Label.WHITE_MATTER, _WM, wm, white - d_cortex)
 
     # Cerebellum with its white matter core, brainstem.
-    canvas.paint(-d_cerebellum, Label.CEREBELLUM, _GM, cerebellum)
+    canvas.paint(Label.CEREBELLUM, _GM, cerebellum, -d_cerebellum)
     core = (0.45 * cb_r[0], 0.4 * cb_r[1], 0.4 * cb_r[2])
     canvas.paint_ellipsoid(world(0.0, cb_y, cb_z), core, Label.WHITE_MATTER, _WM, wm, yaw)
     stem = _superellipse_level(lx, ly - 18.0 * k, 13.0 * k, 11.0 * k, 2.0)
-    canvas.paint(np.maximum(stem, (lz + 10.0 * k) / 12.0), Label.WHITE_MATTER, _WM, 1.3 * wm)
+    canvas.paint(Label.WHITE_MATTER, _WM, 1.3 * wm, stem, lz + 10.0 * k)
 
     # Deep grey matter, then the ventricles.
     for px, py, pz, radii in (
@@ -835,12 +859,11 @@ def body(
     dx, dy = canvas.x - x0, canvas.y - y0
     col = (slice(None), None, None)
     w_out, d_out, t_fat = half_width[col], half_depth[col], fat[col]
-    canvas.paint(
-        _superellipse_level(dx, dy, w_out, d_out, _BODY_POWER), Label.FAT, _FAT, suv["fat"]
-    )
+    outline = _superellipse_level(dx, dy, w_out, d_out, _BODY_POWER)
+    canvas.paint(Label.FAT, _FAT, suv["fat"], outline)
     w_in, d_in = w_out - t_fat, d_out - t_fat
-    lean = _superellipse_level(dx, dy, w_in, d_in, _BODY_POWER)
-    canvas.paint(lean, Label.SOFT_TISSUE, _SOFT, suv["soft"])
+    lean = _coverage(_superellipse_level(dx, dy, w_in, d_in, _BODY_POWER))
+    canvas.fill(Label.SOFT_TISSUE, _SOFT, suv["soft"], lean)
 
     # Organ coordinates: reference mm scaled by the lean section (x, y) and height (z).
     ref_w, ref_d, ref_fat = _outline(np.array([-120.0]), 75.0, 1.75, 75.0 / 1.75**2, False)
@@ -856,23 +879,25 @@ def body(
         jitter = rng.uniform(0.9, 1.1, size=3)
         return (k * rx * jitter[0], k * ry * jitter[1], hz * rs * jitter[2])
 
-    def column(px: float, py: float, radius: float, s_lo: float, s_hi: float) -> np.ndarray:
-        """Level (mm) of a vertical cylinder between reference positions s_lo and s_hi."""
-        radial = np.hypot(canvas.x - x0 - k * px, canvas.y - y0 - k * py) - k * radius
-        lo, hi = hz * s_lo - s_centre, hz * s_hi - s_centre
-        return np.maximum(radial, np.maximum(lo - z, z - hi))
+    def span(s_lo: float, s_hi: float) -> np.ndarray:
+        """Level (mm, shape (planes, 1, 1)) of the reference positions s_lo to s_hi."""
+        return np.maximum(hz * s_lo - s_centre - z, z - (hz * s_hi - s_centre))
+
+    def column(px: float, py: float, radius: float) -> np.ndarray:
+        """Level (mm, shape (1, ny, nx)) of a vertical cylinder."""
+        return np.hypot(canvas.x - x0 - k * px, canvas.y - y0 - k * py) - k * radius
 
     # Rib cage: oblique bands (lower in front) in a shell under the lean outline.
-    cage = _superellipse_level(dx, dy, w_in - 14.0 * k, d_in - 14.0 * k, _BODY_POWER)
-    shell = np.maximum(_superellipse_level(dx, dy, w_in - 3.0, d_in - 3.0, _BODY_POWER), -cage)
+    cage_level = _superellipse_level(dx, dy, w_in - 14.0 * k, d_in - 14.0 * k, _BODY_POWER)
+    shell = _superellipse_level(dx, dy, w_in - 3.0, d_in - 3.0, _BODY_POWER)
     bands = 0.55 - np.cos(2 * np.pi * (s[col] - 0.4 * dy / k) / 36.0)
-    span = (np.abs(s[col] - 75.0) - 125.0) / 20.0
-    canvas.paint(np.maximum(np.maximum(shell, bands), span), Label.BONE, _BONE, suv["bone"])
+    canvas.paint(Label.BONE, _BONE, suv["bone"], shell, -cage_level, bands, span(-50.0, 200.0))
 
     # Lungs fill the rib cage; organs stay inside the lean outline.
+    cage = _coverage(cage_level)
     for px, ps, radii in ((-75.0, 95.0, (62.0, 95.0, 125.0)), (78.0, 88.0, (60.0, 95.0, 120.0))):
         canvas.paint_ellipsoid(
-            at(px, 5.0, ps), size(*radii), Label.LUNG, _LUNG, suv["lung"], inside=cage
+            at(px, 5.0, ps), size(*radii), Label.LUNG, _LUNG, suv["lung"], within=cage
         )
     organs = (
         ((-58.0, 2.0, -58.0), (95.0, 88.0, 80.0), 12.0, Label.LIVER, _LIVER, "liver"),
@@ -903,8 +928,9 @@ def body(
         )
         scaled = (k * radii[0], k * radii[1], hz * radii[2])
         canvas.paint_ellipsoid(centre, scaled, Label.BLOOD, _BLOOD, suv["blood"], heart_yaw)
-    canvas.paint(column(22.0, 48.0, 11.0, -260.0, 95.0), Label.BLOOD, _BLOOD, suv["blood"])
-    canvas.paint(column(-22.0, 30.0, 10.0, -300.0, -20.0), Label.BLOOD, _BLOOD, suv["blood"])
+    aorta, cava = column(22.0, 48.0, 11.0), column(-22.0, 30.0, 10.0)
+    canvas.paint(Label.BLOOD, _BLOOD, suv["blood"], aorta, span(-260.0, 95.0))
+    canvas.paint(Label.BLOOD, _BLOOD, suv["blood"], cava, span(-300.0, -20.0))
 
     # Bladder.
     radius = rng.uniform(25.0, 50.0)
@@ -914,7 +940,7 @@ def body(
         Label.BLADDER,
         _URINE,
         suv["bladder"],
-        inside=lean,
+        within=lean,
     )
 
     # Spine (kyphosis and lordosis, vertebrae larger caudally, discs every 32 mm), canal,
@@ -925,21 +951,20 @@ def body(
     grow = np.interp(s, [-400.0, 200.0], [1.2, 0.85])
     sy = spine_y[col]
     discs = np.cos(2 * np.pi * (s[col] + rng.uniform(0.0, 32.0)) / 32.0) - 0.8
-    spine_span = (-380.0 - s[col]) / 10.0
+    lumbar_up = span(-380.0, 1000.0)
     vertebra = _superellipse_level(dx, dy - sy, 22.0 * k * grow[col], 18.0 * k * grow[col], 2.0)
     process = _superellipse_level(dx, dy - sy - 30.0 * k, 10.0 * k, 15.0 * k, 2.0)
-    bone = np.maximum(np.minimum(vertebra, process), np.maximum(discs, spine_span))
-    canvas.paint(bone, Label.BONE, _BONE, suv["bone"])
+    canvas.paint(Label.BONE, _BONE, suv["bone"], np.minimum(vertebra, process), discs, lumbar_up)
     canal = _superellipse_level(dx, dy - sy - 20.0 * k, 8.0 * k, 8.0 * k, 2.0)
-    canvas.paint(np.maximum(canal, spine_span), Label.CSF, _CSF, suv["csf"])
+    canvas.paint(Label.CSF, _CSF, suv["csf"], canal, lumbar_up)
     for side in (-1.0, 1.0):
         for centre, radii, yaw in (
             ((95.0 * side, 30.0, -370.0), (14.0, 55.0, 60.0), 25.0 * side),  # iliac wing
             ((88.0 * side, 0.0, -495.0), (24.0, 24.0, 24.0), 0.0),  # femoral head
         ):
             canvas.paint_ellipsoid(at(*centre), size(*radii), Label.BONE, _BONE, suv["bone"], yaw)
-        femur = column(100.0 * side, 5.0, 14.0, -900.0, -500.0)
-        canvas.paint(femur, Label.BONE, _BONE, suv["bone"])
+        femur = column(100.0 * side, 5.0, 14.0)
+        canvas.paint(Label.BONE, _BONE, suv["bone"], femur, span(-900.0, -500.0))
     for centre, radii in (
         ((0.0, 62.0, -400.0), (42.0, 18.0, 70.0)),  # sacrum
         ((0.0, -70.0, -495.0), (40.0, 12.0, 18.0)),  # pubic symphysis
@@ -1019,16 +1044,13 @@ def nema(geometry: ImageGeometry, seed: int, ratio: float = 4.0) -> Phantom:
     lo, hi = _NEMA_Z_MM
     wall = _NEMA_WALL_MM
 
-    def prism(section: np.ndarray, bottom: float, top: float) -> np.ndarray:
-        return np.maximum(section, np.maximum(bottom - pz, pz - top))
-
-    canvas.paint(
-        prism(_iec_outline(px, py, 0.0), lo - 10.0, hi + 10.0), Label.PHANTOM_WALL, _PMMA, 0.0
-    )
-    canvas.paint(prism(_iec_outline(px, py, wall), lo, hi), Label.PHANTOM_FILL, _WATER, 1.0)
+    outer = np.maximum(lo - 10.0 - pz, pz - hi - 10.0)
+    inner = np.maximum(lo - pz, pz - hi)
+    canvas.paint(Label.PHANTOM_WALL, _PMMA, 0.0, _iec_outline(px, py, 0.0), outer)
+    canvas.paint(Label.PHANTOM_FILL, _WATER, 1.0, _iec_outline(px, py, wall), inner)
     radial = np.hypot(px, py)
-    canvas.paint(prism(radial - 25.0, lo, hi), Label.PHANTOM_WALL, _PMMA, 0.0)
-    canvas.paint(prism(radial - 21.0, lo, hi), Label.LUNG, _LUNG_INSERT, 0.0)
+    canvas.paint(Label.PHANTOM_WALL, _PMMA, 0.0, radial - 25.0, inner)
+    canvas.paint(Label.LUNG, _LUNG_INSERT, 0.0, radial - 21.0, inner)
     lesions = []
     for i, diameter in enumerate(NEMA_SPHERE_DIAMETERS_MM):
         angle = math.radians(_NEMA_SPHERE_ANGLE_DEG[diameter])

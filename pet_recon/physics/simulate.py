@@ -409,7 +409,7 @@ def write_case(case: SimulatedCase, out_dir: Path) -> dict[str, object]:
         name = "fd" if k == 1 else f"ld_drf{k}"
         write_new_series(case.images[k], meta, out_dir / name,
                          series_description=meta.source.series_description or name,
-                         patient_id=case.case_id)
+                         patient_id=case.case_id, patient_position="HFS")
         metas[k] = meta
     geometry = metas[1].geometry
     sino_dir = out_dir / "sino"
