@@ -28,7 +28,8 @@ F = TypeVar("F", bound=Callable[..., object])
 
 InPath = Annotated[
     Path,
-    typer.Option("--in", exists=True, readable=True, resolve_path=True,
+    # Existence is checked by the reader, whose error is one line (click's is a usage box).
+    typer.Option("--in", resolve_path=True,
                  help="Input folder (searched recursively) or zip file."),
 ]
 SeriesUid = Annotated[

@@ -85,8 +85,15 @@ def _suv_stats(volume: np.ndarray, factors: np.ndarray | None) -> dict[str, floa
 
 
 def _check_file_output(path: Path | None, overwrite: bool, what: str) -> None:
-    if path is not None and path.exists() and not overwrite:
+    """Fail before anything is written when ``path`` exists or cannot be written later."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise PetReconError(f"{path}: {what} path is a folder")
+    if path.exists() and not overwrite:
         raise PetReconError(f"{path}: {what} exists (use --overwrite)")
+    if not path.parent.is_dir():
+        raise PetReconError(f"{path}: cannot write {what}: {path.parent} is not an existing folder")
 
 
 def _write_atomic(path: Path, write: Callable[[Path], object]) -> None:
@@ -149,13 +156,11 @@ def reconstruct(
     _check_file_output(preview_path, overwrite, "preview")
 
     timings: dict[str, float] = {}
-    bar = tqdm(total=3, desc="petrecon", unit="stage", disable=not progress)
-
+    # The input is read (and so checked) before the progress bar starts, so that a problem
+    # with it is reported on one line of its own.
     t0 = time.perf_counter()
-    bar.set_postfix_str("reading")
     volume, meta = read_series(in_path, series_uid=series_uid)
     timings["read_s"] = time.perf_counter() - t0
-    bar.update()
 
     warnings = list(meta.warnings)
     try:
@@ -167,29 +172,29 @@ def reconstruct(
         warnings.append(f"SUV not available: {exc}")
         log.warning("SUV not available: %s", exc)
 
-    t0 = time.perf_counter()
-    bar.set_postfix_str(method)
-    restored = methods[method](volume, meta)
-    timings["restore_s"] = time.perf_counter() - t0
-    bar.update()
+    with tqdm(total=3, initial=1, desc="petrecon", unit="stage", disable=not progress) as bar:
+        t0 = time.perf_counter()
+        bar.set_postfix_str(method)
+        restored = methods[method](volume, meta)
+        timings["restore_s"] = time.perf_counter() - t0
+        bar.update()
 
-    t0 = time.perf_counter()
-    bar.set_postfix_str("writing")
-    description = f"petrecon {method}" + (f" {fwhm_mm:g}mm" if method == "gaussian" else "")
-    with staged_output(out_dir, overwrite) as staging:
-        files = write_derived_series(
-            restored,
-            meta,
-            staging,
-            series_description=description[:64],
-            derivation_description=(
-                f"petrecon {pet_recon.__version__}: low-dose PET restoration, method {method}"
-                + (f", 3D Gaussian FWHM {fwhm_mm:g} mm" if method == "gaussian" else "")
-            ),
-        )
-    timings["write_s"] = time.perf_counter() - t0
-    bar.update()
-    bar.close()
+        t0 = time.perf_counter()
+        bar.set_postfix_str("writing")
+        description = f"petrecon {method}" + (f" {fwhm_mm:g}mm" if method == "gaussian" else "")
+        with staged_output(out_dir, overwrite) as staging:
+            files = write_derived_series(
+                restored,
+                meta,
+                staging,
+                series_description=description[:64],
+                derivation_description=(
+                    f"petrecon {pet_recon.__version__}: low-dose PET restoration, method {method}"
+                    + (f", 3D Gaussian FWHM {fwhm_mm:g} mm" if method == "gaussian" else "")
+                ),
+            )
+        timings["write_s"] = time.perf_counter() - t0
+        bar.update()
 
     if preview_path is not None:
         first = float(factors[0]) if factors is not None else None

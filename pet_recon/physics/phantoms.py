@@ -161,11 +161,15 @@ class Phantom:
     labels : numpy.ndarray
         int16, :class:`Label` ids and lesion ids ``>= LESION_BASE``.
     info : dict
-        ``family``, ``seed``, ``tracer``, ``weight_kg`` (the SUV normalisation) and the
-        family's draws: patient ``height_m``, ``sex``, ``age``; ``lesions`` (a list of dicts
-        with ``label``, ``centre_mm`` (x, y, z), ``diameter_mm`` (equal-volume sphere),
-        ``suv``, ``contrast`` (to the host tissue) and ``host``); ``mr_misregistration``;
-        brain: ``amyloid_status``, ``hypometabolic`` regions; body: ``region``.
+        ``family``, ``seed``, ``tracer``, ``activity_units``, ``weight_kg`` (the SUV
+        normalisation), ``lesions`` (a list of dicts with ``label``, ``centre_mm`` (x, y, z),
+        ``diameter_mm`` (equal-volume sphere), ``suv``, ``contrast`` (to the host tissue)
+        and ``host``) and ``mr_misregistration`` (``rotation_deg`` about x, y, z and
+        ``translation_mm``, see :func:`_finish`); brain and body: the patient's
+        ``height_m``, ``sex`` ("M" or "F") and ``age``; brain: ``amyloid_status``
+        ("positive", "negative" or None), ``cortical_suvr`` (amyloid), ``hypometabolic``
+        (FDG: ``centre_mm``, ``radius_mm``, ``reduction``); body: ``region`` ("thorax",
+        "abdomen" or "pelvis"); nema: ``ratio``, ``position_mm``, ``rotation_deg``.
     """
 
     geometry: ImageGeometry
@@ -336,7 +340,7 @@ def _random_field(
     fx = np.fft.rfftfreq(shape[2], spacing[2])[None, None, :]
     f = np.sqrt(fz * fz + fy * fy + fx * fx) * scale_mm
     gain = np.exp(-0.5 * ((f - 1.0) / 0.35) ** 2) if ring else np.exp(-2.0 * (np.pi * f) ** 2)
-    out = np.fft.irfftn(np.fft.rfftn(noise) * gain, s=shape).astype(np.float32)
+    out = np.fft.irfftn(np.fft.rfftn(noise) * gain, s=shape, axes=(0, 1, 2)).astype(np.float32)
     out -= out.mean()
     out /= max(float(out.std()), 1e-12)
     return out
@@ -498,9 +502,10 @@ def _place_lesions(
 
     ``hosts`` maps a host label to its name and uptake; the lesion uptake is ``contrast``
     times the host's, at most ``max_suv``. Diameters are log-uniform; lesions do not overlap
-    each other; with ``min_depth_mm`` (a grid of depths below the body surface) a lesion stays
-    inside the body.
-    Large lesions (> 25 mm) have a 50 % chance of a necrotic core at host uptake.
+    each other and lie inside the slab; with ``min_depth_mm`` (a grid of depths below the
+    body surface) a lesion stays inside the body. Large lesions (> 25 mm) have a 50 % chance
+    of a necrotic core at host uptake. Fewer than ``count`` lesions result when no room is
+    found in ``20 * count`` attempts.
     """
     lesions: list[dict[str, Any]] = []
     candidates = {label: np.flatnonzero(canvas.labels == label) for label in hosts}
@@ -695,8 +700,8 @@ def brain(geometry: ImageGeometry, seed: int, tracer: str = "FDG") -> Phantom:
     d_fissure = np.abs(lx) - 1.0 + np.maximum(floor - lz, 0.0)
     d_cortex = np.minimum(d_cerebrum, d_fissure)
     # Sulci lie on the zero surfaces of a band-passed random field: CSF where |field| < 0.15
-    # (about 1.5 mm wide) down to the sulcal depth, grey matter lining them where
-    # |field| < 0.75 and over the crowns, white matter in the gyral cores.
+    # (about 1.5 mm wide, wider with atrophy) down to the sulcal depth, grey matter lining
+    # them where |field| < 0.8 and over the crowns, white matter in the gyral cores.
     folds = np.abs(_random_field(rng, shape, spacing, 22.0, ring=True))
     sulcus_depth = rng.uniform(12.0, 20.0) * (1.0 + 0.3 * atrophy)
     ribbon = rng.uniform(2.5, 3.2)
@@ -989,6 +994,7 @@ def body(
 # --------------------------------------------------------------------------- NEMA
 
 NEMA_SPHERE_DIAMETERS_MM = (10.0, 13.0, 17.0, 22.0, 28.0, 37.0)
+"""Inner diameters of the NEMA spheres; sphere ``i`` has label ``LESION_BASE + i``."""
 _NEMA_SPHERE_ANGLE_DEG = {37.0: 180.0, 28.0: 240.0, 22.0: 300.0, 17.0: 0.0, 13.0: 60.0, 10.0: 120.0}
 _NEMA_RING_MM = 57.2
 _NEMA_WALL_MM = 3.0
@@ -1013,7 +1019,8 @@ def nema(geometry: ImageGeometry, seed: int, ratio: float = 4.0) -> Phantom:
 
     The spheres' centre plane is the middle plane of the volume, the insert axis the grid
     centre. The seed only moves the phantom by up to 3 mm along x, y and z and turns it by up
-    to 3 degrees about z (positioning jitter, which changes the partial volume of the spheres).
+    to 1 degree about z (positioning jitter, which changes the partial volume of the spheres),
+    besides the CT and MR noise and the MR bias and misregistration.
 
     Parameters
     ----------
@@ -1036,7 +1043,7 @@ def nema(geometry: ImageGeometry, seed: int, ratio: float = 4.0) -> Phantom:
         raise ValueError(f"ratio must be positive, got {ratio}")
     rng = np.random.default_rng(seed)
     shift = rng.uniform(-3.0, 3.0, size=3)
-    turn = float(rng.uniform(-3.0, 3.0))
+    turn = float(rng.uniform(-1.0, 1.0))
     canvas = _Canvas(geometry)
     cos, sin = math.cos(math.radians(turn)), math.sin(math.radians(turn))
     dx, dy = canvas.x - shift[0], canvas.y - shift[1]

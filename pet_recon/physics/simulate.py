@@ -160,6 +160,17 @@ def frame_decay_average(frame_s: float) -> float:
     return -math.expm1(-lam_t) / lam_t
 
 
+def calibration_scale(sinogram: SinogramGeometry, scanner: Scanner, frame_s: float) -> float:
+    """``scale = S T f``: expected counts per (Bq/ml * mm) of line integral for a frame.
+
+    ``S`` is the scanner's sensitivity (counts/s per Bq), ``T`` the frame duration and ``f``
+    the decay average over the frame, so that a model with this scale maps the concentration
+    at frame start (Bq/ml) to expected counts.
+    """
+    return count_scale(sinogram, scanner.sensitivity_cps_per_kbq / 1000.0,
+                       frame_s) * frame_decay_average(frame_s)
+
+
 def draw_protocol(family: str, phantom: Phantom, rng: np.random.Generator) -> Protocol:
     """Random but plausible acquisition: activity, uptake, frame, scanner.
 
@@ -171,7 +182,7 @@ def draw_protocol(family: str, phantom: Phantom, rng: np.random.Generator) -> Pr
     weight = float(info.get("weight_kg") or rng.uniform(55, 95))
     height = float(info.get("height_m") or rng.uniform(1.55, 1.9))
     sex = str(info.get("sex") or rng.choice(["M", "F"]))
-    age = float(info.get("age_years") or rng.integers(25, 86))
+    age = float(info.get("age") or rng.integers(25, 86))
     tracer = str(info.get("tracer", "FDG"))
     amyloid = tracer.lower().startswith("amyloid")
     if amyloid:
@@ -260,7 +271,8 @@ def simulate_case(
     device : torch.device
         Where the projector and OSEM run.
     phantom_kwargs : dict, optional
-        Extra arguments of the phantom family (e.g. ``tracer``).
+        Extra arguments of the phantom family (e.g. ``tracer``; brain cases draw the tracer
+        from the seed when it is not given).
 
     Returns
     -------
@@ -276,7 +288,12 @@ def simulate_case(
                           plane_mm=plane_mm)
     sino = SinogramGeometry.for_image(image)
     rng = np.random.default_rng(seed)
-    phantom = make_phantom(family, image, seed, **(phantom_kwargs or {}))
+    kwargs = dict(phantom_kwargs or {})
+    if family == "brain" and "tracer" not in kwargs:
+        # FDG in 60% of brain cases, amyloid-positive and -negative in 20% each.
+        kwargs["tracer"] = str(np.random.default_rng([seed, 1]).choice(
+            ["FDG", "FDG", "FDG", "amyloid+", "amyloid-"]))
+    phantom = make_phantom(family, image, seed, **kwargs)
     protocol = draw_protocol(family, phantom, rng)
     scanner = protocol.scanner
 
@@ -290,9 +307,7 @@ def simulate_case(
     norm = torch.from_numpy(
         rng.lognormal(0.0, 0.05, size=(sino.n_views, sino.n_bins)).astype(np.float32)
     ).to(device)  # n: detector efficiencies, ~5% spread
-    # scale = S T f  (counts per Bq/ml*mm of line integral, decay over the frame included)
-    calibration = count_scale(sino, scanner.sensitivity_cps_per_kbq / 1000.0,
-                              protocol.frame_s) * frame_decay_average(protocol.frame_s)
+    calibration = calibration_scale(sino, scanner, protocol.frame_s)
     model = SystemModel(image, sino, device=device, dtype=dtype, fwhm_mm=scanner.fwhm_mm,
                         axial_fwhm_mm=scanner.fwhm_mm, attenuation=att,
                         normalisation=norm, scale=calibration)
@@ -302,11 +317,7 @@ def simulate_case(
     background = background_counts(trues, body_bins, scanner, sino.bin_mm)
 
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    full = torch.poisson((trues + background).cpu(), generator=gen)
-    prompts = {1: full}
-    for k in drfs:
-        prompts[k] = torch.binomial(full, torch.full_like(full, 1.0 / k), generator=gen)
-
+    prompts = dose_levels(trues + background, drfs, gen)
     case = SimulatedCase(
         case_id=f"{family}-{seed:06d}", family=family, seed=seed, protocol=protocol,
         phantom=phantom, image=image, sinogram=sino, truth_bqml=truth,
@@ -314,21 +325,64 @@ def simulate_case(
         background=background.cpu().numpy(), calibration=calibration,
         prompts={k: v.numpy() for k, v in prompts.items()},
     )
+    case.images = reconstruct_levels(prompts, model, background, scanner)
+    return case
+
+
+def dose_levels(expected: torch.Tensor, drfs: tuple[int, ...],
+                generator: torch.Generator) -> dict[int, torch.Tensor]:
+    """Full-dose prompts drawn once, every dose level thinned from them.
+
+    ``y_1 ~ Poisson(y_bar)`` and ``y_k ~ Binomial(y_1, 1/k)``, so ``y_k ~ Poisson(y_bar/k)``
+    (thinning of a Poisson variable) and all levels are aligned, as list-mode subsampling.
+
+    Parameters
+    ----------
+    expected : torch.Tensor
+        Expected full-dose prompts ``y_bar`` (counts, >= 0), any shape; drawn on the CPU.
+    drfs : tuple of int
+        Dose reduction factors ``k > 1``.
+    generator : torch.Generator
+        CPU generator (the draw is reproducible for a seed).
+
+    Returns
+    -------
+    dict
+        ``{1: y_1, k: y_k, ...}``, float32 CPU tensors of integer counts.
+    """
+    full = torch.poisson(expected.detach().float().cpu(), generator=generator)
+    levels = {1: full}
+    for k in drfs:
+        levels[k] = torch.binomial(full, torch.full_like(full, 1.0 / k), generator=generator)
+    return levels
+
+
+def reconstruct_levels(prompts: dict[int, torch.Tensor], model: SystemModel,
+                       background: torch.Tensor, scanner: Scanner) -> dict[int, np.ndarray]:
+    """OSEM of every dose level with the scanner's iterations, subsets and post-filter.
+
+    Dose level ``k`` comes from injected activity ``D/k``: its image is the concentration
+    ``C0/k`` and its background ``r/k``, so one system model (without background) serves
+    every level, with the background batched.
+
+    Returns
+    -------
+    dict
+        ``{k: image}``, float32 ``(planes, ny, nx)`` in Bq/ml at scan start.
+    """
     levels = sorted(prompts)
-    batch = torch.stack([prompts[k] for k in levels]).to(device)
-    scale = torch.tensor([1.0 / k for k in levels], device=device, dtype=dtype)
-    # Dose level k: injected activity D/k, so both the image (C0/k) and background (r/k)
-    # scale with 1/k; a single model serves all levels with the background batched.
-    batched = SystemModel(image, sino, device=device, dtype=dtype, fwhm_mm=scanner.fwhm_mm,
-                          axial_fwhm_mm=scanner.fwhm_mm, attenuation=att,
-                          normalisation=norm, background=background[None] * scale[:, None,
-                                                                                   None, None],
-                          scale=calibration)
+    device, dtype = model.device, model.dtype
+    batch = torch.stack([prompts[k] for k in levels]).to(device=device, dtype=dtype)
+    fraction = torch.tensor([1.0 / k for k in levels], device=device, dtype=dtype)
+    batched = SystemModel(
+        model.image, model.sinogram, device=device, dtype=dtype, fwhm_mm=model.fwhm_mm,
+        axial_fwhm_mm=model.axial_fwhm_mm, attenuation=model.attenuation,
+        normalisation=model.normalisation,
+        background=background.to(device)[None] * fraction[:, None, None, None],
+        scale=model.scale)
     recon = osem(batch, batched, iterations=scanner.iterations, subsets=scanner.subsets,
                  postfilter_fwhm_mm=scanner.postfilter_mm)
-    for i, k in enumerate(levels):
-        case.images[k] = recon[i].cpu().numpy().astype(np.float32)
-    return case
+    return {k: recon[i].cpu().numpy().astype(np.float32) for i, k in enumerate(levels)}
 
 
 def series_meta(case: SimulatedCase, drf: int, study_uid: str, for_uid: str,
