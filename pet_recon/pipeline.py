@@ -27,7 +27,6 @@ from pet_recon.io.series import read_series
 from pet_recon.io.suv import SuvUnavailable, suv_scale
 from pet_recon.io.writer import write_derived_series
 from pet_recon.output import check_output_dir, staged_output
-from pet_recon.preview import write_preview
 
 log = logging.getLogger(__name__)
 
@@ -64,14 +63,19 @@ def gaussian_filter(volume: np.ndarray, meta: SeriesMeta, fwhm_mm: float) -> np.
 
 
 def _versions() -> dict[str, str]:
-    import pydicom
-    import torch
+    from importlib.metadata import PackageNotFoundError, version
 
+    import pydicom
+
+    try:  # from the installed metadata: importing torch takes longer than a gaussian run
+        torch_version = version("torch")
+    except PackageNotFoundError:
+        torch_version = "not installed"
     return {
         "petrecon": pet_recon.__version__,
         "python": platform.python_version(),
         "numpy": np.__version__,
-        "torch": torch.__version__,
+        "torch": torch_version,
         "pydicom": pydicom.__version__,
         "SimpleITK": sitk.Version_VersionString(),
     }
@@ -197,6 +201,8 @@ def reconstruct(
         bar.update()
 
     if preview_path is not None:
+        from pet_recon.preview import write_preview  # matplotlib: imported only when needed
+
         first = float(factors[0]) if factors is not None else None
         _write_atomic(preview_path, lambda p: write_preview(
             volume, restored, p, suv_factor=first, spacing=meta.geometry.spacing,

@@ -13,7 +13,11 @@ This module holds no tests; ``tests/test_bad_input.py`` runs the corpus.
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +46,29 @@ UPTAKE_S = 3600.0
 """Injection at 09:30, series start at 10:30."""
 
 Edit = Callable[[int, Dataset], None]
+
+
+def run_petrecon(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m pet_recon ARGS`` in ``cwd`` (without PETRECON_DEBUG), capturing text."""
+    env = {key: value for key, value in os.environ.items() if key != "PETRECON_DEBUG"}
+    return subprocess.run(
+        [sys.executable, "-m", "pet_recon", *args],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )
+
+
+def snapshot(path: Path) -> dict[str, str]:
+    """Every file (SHA-256) and folder ("<dir>") at or under ``path``; empty when absent."""
+    if path.is_file():
+        return {".": hashlib.sha256(path.read_bytes()).hexdigest()}
+    if not path.is_dir():
+        return {}
+    return {
+        str(item.relative_to(path)): (
+            "<dir>" if item.is_dir() else hashlib.sha256(item.read_bytes()).hexdigest()
+        )
+        for item in sorted(path.rglob("*"))
+    }
 
 
 def _code(value: str, scheme: str, meaning: str) -> Dataset:

@@ -189,6 +189,8 @@ class TextEncoder(nn.Module):
             ``(B, E)`` float32 embedding (not normalised).
         """
         n = ids.shape[1]
+        if n > self.position_embedding.shape[0]:
+            raise ValueError(f"sequence length {n} > max_len {self.position_embedding.shape[0]}")
         x = (self.token_embedding(ids)
              + numeric.unsqueeze(-1) * self.numeric_embedding(ids)
              + self.position_embedding[:n])

@@ -139,7 +139,7 @@ TEMPLATE_WORDS: tuple[str, ...] = (
     "of", "estimated", "given", "unknown", "patient", "weight", "kg", "height", "cm", "sex",
     "age", "uptake", "frame", "s", "decay", "correction", "units", "scanner",
     "reconstruction", "pixel", "mm", "slice",
-)  # fmt: skip
+)
 
 #: Categorical values: tracers, radionuclides (DICOM code meanings and short forms), sex,
 #: decay correction (0054,1102), units (0054,1001 defined terms), manufacturers, models and
@@ -163,7 +163,7 @@ VALUE_WORDS: tuple[str, ...] = (
     "gemini", "tf", "ingenuity", "umi", "550", "780", "celesteion",
     "osem", "fbp", "psf", "tof", "psf+tof", "ramla", "bsrem", "q.clear", "vpfx", "vpfxs",
     "truex", "blob-os-tf", "lor", "3d", "2d", "ir", "allpass", "gaussian",
-)  # fmt: skip
+)
 
 #: Default word list: template words then values, without repeats.
 DEFAULT_WORDS: tuple[str, ...] = tuple(dict.fromkeys(TEMPLATE_WORDS + VALUE_WORDS))

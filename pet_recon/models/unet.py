@@ -219,13 +219,14 @@ class UNet(nn.Module):
 
     Notes
     -----
-    Defaults ``UNet(3, 1)`` (levels 64/32/16/8 px for 64x64 patches, channels 32/64/64/128,
-    attention at 16 and 8 px): 2.1 M parameters; with ``context_dim=512``: 2.4 M.
+    Defaults ``UNet(3, 1)`` (levels 64/32/16/8 px for 64x64 patches, channels 32/64/64/64,
+    attention at 16 and 8 px): 1.68 M parameters; with ``context_dim=512``: 2.20 M.
+    ``stage_shapes(64, 64)`` is ``[(32, 64, 64), (64, 32, 32), (64, 16, 16), (64, 8, 8)]``.
     """
 
     @register_config
     def __init__(self, in_channels: int, out_channels: int, base_channels: int = 32,
-                 channel_mults: Sequence[int] = (1, 2, 2, 4), num_res_blocks: int = 1,
+                 channel_mults: Sequence[int] = (1, 2, 2, 2), num_res_blocks: int = 1,
                  attention_levels: Sequence[int] = (2, 3), context_dim: int | None = None,
                  time_embedding: bool = True, dropout: float = 0.0, groups: int = 8) -> None:
         super().__init__()

@@ -67,11 +67,10 @@ PET_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.128"
 
 @dataclass(frozen=True)
 class Scanner:
-    """A simulated PET scanner: resolution, sensitivity, scatter/randoms, reconstruction.
+    """A simulated PET scanner: resolution, sensitivity, scatter and randoms fractions.
 
-    Sensitivities are total true-coincidence sensitivities in counts/s per kBq for the
-    central plane region, in the range of published NEMA NU 2 values (see
-    ``docs/simulation.md``).
+    Sensitivities are total true-coincidence sensitivities in counts/s per kBq, near the
+    published NEMA NU 2 values of each system (see ``docs/simulation.md``).
     """
 
     manufacturer: str
@@ -80,16 +79,35 @@ class Scanner:
     sensitivity_cps_per_kbq: float
     scatter_fraction: float
     randoms_fraction: float
+
+
+SCANNERS: tuple[Scanner, ...] = (
+    Scanner("GE MEDICAL SYSTEMS", "Discovery MI", 4.5, 13.0, 0.40, 0.25),
+    Scanner("SIEMENS", "Biograph Vision", 3.8, 16.0, 0.38, 0.22),
+    Scanner("Philips", "Vereos", 4.2, 5.6, 0.36, 0.20),
+)
+
+
+@dataclass(frozen=True)
+class Reconstruction:
+    """OSEM protocol: iterations, subsets and Gaussian post-filter FWHM (mm)."""
+
     iterations: int
     subsets: int
     postfilter_mm: float
 
+    def describe(self) -> str:
+        """Reconstruction Method (0054,1103) text, e.g. ``"OSEM 4i16s 2.5mm"``."""
+        return f"OSEM {self.iterations}i{self.subsets}s {self.postfilter_mm:g}mm"
 
-SCANNERS: tuple[Scanner, ...] = (
-    Scanner("GE MEDICAL SYSTEMS", "Discovery MI", 4.5, 13.0, 0.40, 0.25, 3, 8, 5.0),
-    Scanner("SIEMENS", "Biograph Vision", 3.8, 16.0, 0.38, 0.22, 4, 5, 4.0),
-    Scanner("Philips", "Vereos", 4.2, 5.6, 0.36, 0.20, 3, 10, 4.0),
-)
+
+#: Clinical-like OSEM protocols per family (non-TOF, resolution modelling in the system
+#: model): brain images use more updates and a light filter, body images a 5 mm filter.
+FAMILY_RECON: dict[str, Reconstruction] = {
+    "brain": Reconstruction(4, 16, 2.5),
+    "body": Reconstruction(3, 16, 5.0),
+    "nema": Reconstruction(3, 16, 4.0),
+}
 
 #: Per-family grid defaults: pixel size and plane spacing in mm.
 FAMILY_GRID: dict[str, tuple[float, float]] = {
@@ -109,6 +127,7 @@ class Protocol:
     frame_s: float
     injection: datetime
     scanner: Scanner
+    recon: Reconstruction
     weight_kg: float
     height_m: float
     sex: str
@@ -202,6 +221,7 @@ def draw_protocol(family: str, phantom: Phantom, rng: np.random.Generator) -> Pr
         frame_s=float(round(frame)),
         injection=injection,
         scanner=SCANNERS[int(rng.integers(0, len(SCANNERS)))],
+        recon=FAMILY_RECON[family],
         weight_kg=round(weight, 1),
         height_m=round(height, 2),
         sex=sex,
@@ -325,7 +345,7 @@ def simulate_case(
         background=background.cpu().numpy(), calibration=calibration,
         prompts={k: v.numpy() for k, v in prompts.items()},
     )
-    case.images = reconstruct_levels(prompts, model, background, scanner)
+    case.images = reconstruct_levels(prompts, model, background, protocol.recon)
     return case
 
 
@@ -358,8 +378,8 @@ def dose_levels(expected: torch.Tensor, drfs: tuple[int, ...],
 
 
 def reconstruct_levels(prompts: dict[int, torch.Tensor], model: SystemModel,
-                       background: torch.Tensor, scanner: Scanner) -> dict[int, np.ndarray]:
-    """OSEM of every dose level with the scanner's iterations, subsets and post-filter.
+                       background: torch.Tensor, recon: Reconstruction) -> dict[int, np.ndarray]:
+    """OSEM of every dose level with the protocol's iterations, subsets and post-filter.
 
     Dose level ``k`` comes from injected activity ``D/k``: its image is the concentration
     ``C0/k`` and its background ``r/k``, so one system model (without background) serves
@@ -380,9 +400,9 @@ def reconstruct_levels(prompts: dict[int, torch.Tensor], model: SystemModel,
         normalisation=model.normalisation,
         background=background.to(device)[None] * fraction[:, None, None, None],
         scale=model.scale)
-    recon = osem(batch, batched, iterations=scanner.iterations, subsets=scanner.subsets,
-                 postfilter_fwhm_mm=scanner.postfilter_mm)
-    return {k: recon[i].cpu().numpy().astype(np.float32) for i, k in enumerate(levels)}
+    images = osem(batch, batched, iterations=recon.iterations, subsets=recon.subsets,
+                  postfilter_fwhm_mm=recon.postfilter_mm)
+    return {k: images[i].cpu().numpy().astype(np.float32) for i, k in enumerate(levels)}
 
 
 def series_meta(case: SimulatedCase, drf: int, study_uid: str, for_uid: str,
@@ -423,9 +443,7 @@ def series_meta(case: SimulatedCase, drf: int, study_uid: str, for_uid: str,
             decay_correction="START", series_datetime=start,
             acquisition_datetimes=(start,) * n, frame_duration_s=(p.frame_s,) * n,
             decay_factors=(1.0 / frame_decay_average(p.frame_s),) * n,
-            reconstruction_method=(
-                f"OSEM {p.scanner.iterations}i{p.scanner.subsets}s "
-                f"{p.scanner.postfilter_mm:g}mm"),
+            reconstruction_method=p.recon.describe(),
             corrected_image=("NORM", "ATTN", "SCAT", "RAN", "DECY"),
             slice_thickness_mm=image.plane_mm,
         ),
@@ -489,8 +507,7 @@ def write_case(case: SimulatedCase, out_dir: Path) -> dict[str, object]:
         "family": case.family,
         "seed": case.seed,
         "petrecon_version": pet_recon.__version__,
-        "protocol": {**asdict(p), "injection": p.injection.isoformat(),
-                     "scanner": asdict(p.scanner)},
+        "protocol": {**asdict(p), "injection": p.injection.isoformat()},
         "phantom": _jsonable(case.phantom.info),
         "drfs": sorted(k for k in case.images if k != 1),
         "suv_factor": {str(k): case.suv_factor(k) for k in sorted(case.images)},
