@@ -173,3 +173,44 @@ class SliceStream(torch.utils.data.IterableDataset):
                 "prompt": record["levels"][str(k)]["prompt"],
                 "case_id": record["case_id"],
             }
+
+
+def write_dataset(
+    out_dir: Path,
+    *,
+    families: tuple[str, ...],
+    cases: int,
+    seed: int,
+    drfs: tuple[int, ...],
+    slices: int = 64,
+    matrix: int = 128,
+    splits: tuple[str, ...] = ("train", "val"),
+    device: torch.device,
+    progress: bool = True,
+) -> dict[str, object]:
+    """`petrecon make-dataset`: simulate cases and write them as shards.
+
+    Seeds ``seed .. seed + cases - 1`` are simulated for every family; a seed whose split
+    (:func:`split_of`) is not in ``splits`` is skipped, so test seeds stay unseen by training
+    unless asked for. Shards are written one by one (a shard is complete or absent), so an
+    interrupted run can be resumed: existing shards are kept.
+
+    Returns
+    -------
+    dict
+        Shards written and skipped per split.
+    """
+    from tqdm import tqdm
+
+    from pet_recon.physics.simulate import simulate_case
+
+    counts = {s: 0 for s in SPLITS}
+    jobs = [(f, s) for s in range(seed, seed + cases) for f in families if split_of(s) in splits]
+    for family, case_seed in tqdm(jobs, desc="dataset", unit="case", disable=not progress):
+        target = Path(out_dir) / split_of(case_seed) / f"{family}-{case_seed:06d}.safetensors"
+        if not target.exists():
+            case = simulate_case(family, case_seed, matrix=matrix, slices=slices, drfs=drfs,
+                                 device=device)
+            write_shard(case, Path(out_dir))
+        counts[split_of(case_seed)] += 1
+    return {"out": str(out_dir), "shards": counts}

@@ -144,14 +144,11 @@ class TextEncoder(nn.Module):
         Contrastive embedding size ``E``.
     """
 
+    @register_config
     def __init__(self, vocab_size: int, *, max_len: int = 64, width: int = 128,
                  layers: int = 3, heads: int = 4, mlp_ratio: int = 4,
                  embed_dim: int = 128) -> None:
         super().__init__()
-        self.config: dict[str, Any] = {
-            "vocab_size": vocab_size, "max_len": max_len, "width": width, "layers": layers,
-            "heads": heads, "mlp_ratio": mlp_ratio, "embed_dim": embed_dim,
-        }
         self.width = width
         self.token_embedding = nn.Embedding(vocab_size, width)
         self.numeric_embedding = nn.Embedding(vocab_size, width)
@@ -222,12 +219,10 @@ class ImageEncoder(nn.Module):
         Embedding size ``E``.
     """
 
+    @register_config
     def __init__(self, in_channels: int = 1, *, width: int = 32, depth: int = 3,
                  embed_dim: int = 128) -> None:
         super().__init__()
-        self.config: dict[str, Any] = {
-            "in_channels": in_channels, "width": width, "depth": depth, "embed_dim": embed_dim,
-        }
         layers: list[nn.Module] = [*self._stage(in_channels, width, 1)]
         channels = width
         for _ in range(depth):
@@ -267,27 +262,17 @@ class MetaEncoder(nn.Module):
         Initial ``logit_scale`` (log of the logit multiplier).
     """
 
+    @register_config
     def __init__(self, vocab_size: int, *, max_len: int = 64, width: int = 128,
                  layers: int = 3, heads: int = 4, mlp_ratio: int = 4, embed_dim: int = 128,
                  in_channels: int = 1, image_width: int = 32, image_depth: int = 3,
                  logit_scale_init: float = math.log(1 / 0.07)) -> None:
         super().__init__()
-        self.config: dict[str, Any] = {
-            "vocab_size": vocab_size, "max_len": max_len, "width": width, "layers": layers,
-            "heads": heads, "mlp_ratio": mlp_ratio, "embed_dim": embed_dim,
-            "in_channels": in_channels, "image_width": image_width,
-            "image_depth": image_depth, "logit_scale_init": logit_scale_init,
-        }
         self.text = TextEncoder(vocab_size, max_len=max_len, width=width, layers=layers,
                                 heads=heads, mlp_ratio=mlp_ratio, embed_dim=embed_dim)
         self.image = ImageEncoder(in_channels, width=image_width, depth=image_depth,
                                   embed_dim=embed_dim)
         self.logit_scale = nn.Parameter(torch.tensor(float(logit_scale_init)))
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> MetaEncoder:
-        """A fresh (untrained) model with the architecture of ``config``."""
-        return cls(**config)
 
     def scale(self) -> torch.Tensor:
         """Logit multiplier ``min(exp(logit_scale), 100)``, a 0-d tensor."""

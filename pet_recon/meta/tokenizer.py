@@ -107,8 +107,11 @@ class NumericField:
         return 10.0**t if self.log else t
 
     def normalise(self, value: float) -> float:
-        """Continuous feature of ``value``: ``lo -> -1``, ``hi -> +1`` (log10 scale when
-        ``log``), linear in between and clipped to ``[-2, 2]``."""
+        """Continuous feature of ``value``.
+
+        ``lo -> -1``, ``hi -> +1``, linear in between (in log10 when ``log``; values below
+        ``lo`` then count as ``lo``), clipped to ``[-2, 2]``.
+        """
         x = 2.0 * (self._t(value) - self._t(self.lo)) / (self._t(self.hi) - self._t(self.lo))
         return min(max(x - 1.0, -2.0), 2.0)
 
