@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from pet_recon.errors import PetReconError
 from pet_recon.meta.encoder import (
     ImageEncoder,
     MetaEncoder,
@@ -21,6 +22,7 @@ from pet_recon.meta.encoder import (
 from pet_recon.meta.lora import apply_lora, merge_lora
 from pet_recon.meta.prompt import MetaRecord, render_prompt
 from pet_recon.meta.tokenizer import Tokenizer
+from pet_recon.weights import sha256_file
 
 TINY = {"width": 32, "layers": 2, "heads": 2, "embed_dim": 16, "image_width": 8,
         "image_depth": 2}
@@ -138,14 +140,16 @@ def test_save_load_roundtrip(tmp_path: Path) -> None:
     torch.manual_seed(0)
     tokenizer = Tokenizer(hash_buckets=64)
     model = MetaEncoder(tokenizer.vocab_size, **TINY).eval()
-    path = tmp_path / "meta.safetensors"
-    save_meta_encoder(path, model, tokenizer)
-    loaded, loaded_tok = load_meta_encoder(path)
+    path = save_meta_encoder(tmp_path / "meta.safetensors", model, tokenizer)
+    loaded, loaded_tok = load_meta_encoder(path, expected_sha256=sha256_file(path))
     assert loaded.config == model.config and loaded_tok.tokens == tokenizer.tokens
+    assert type(model.text)(**model.text.config).config == model.text.config
     batch, images = _batch(tokenizer), torch.rand(3, 1, 16, 16)
     with torch.no_grad():
-        for a, b in zip(model(*batch, images), loaded.eval()(*batch, images), strict=True):
+        for a, b in zip(model(*batch, images), loaded(*batch, images), strict=True):
             torch.testing.assert_close(a, b)
+    with pytest.raises(PetReconError, match="SHA-256"):
+        load_meta_encoder(path, expected_sha256="0" * 64)
     apply_lora(model.text)
     with pytest.raises(ValueError, match="LoRA"):
         save_meta_encoder(path, model, tokenizer)

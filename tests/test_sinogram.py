@@ -505,3 +505,20 @@ def test_read_sinogram_header_not_found_raises(tmp_path: Path) -> None:
 def test_read_sinogram_unknown_rebin_raises(tmp_path: Path) -> None:
     with pytest.raises(PetReconError, match="unknown sinogram rebinning"):
         read_sinogram(_crafted(tmp_path, _raw()), rebin="fore")  # type: ignore[arg-type]
+
+
+def test_write_sinogram_int16_counts_round_trip(tmp_path: Path) -> None:
+    geometry = SinogramGeometry(n_views=6, n_bins=7, bin_mm=2.0, n_planes=3, plane_mm=2.0)
+    counts = np.random.default_rng(0).poisson(50.0, size=geometry.shape).astype(np.float32)
+    header = write_sinogram(tmp_path / "c.hs", counts, geometry, dtype="int16")
+    data, geo, info = read_sinogram(header)
+    assert info.number_format == "signed integer" and info.bytes_per_pixel == 2
+    assert (tmp_path / "c.s").stat().st_size == counts.size * 2
+    np.testing.assert_array_equal(data, counts)
+    assert geo == geometry
+
+
+def test_write_sinogram_int16_overflow_refused(tmp_path: Path) -> None:
+    geometry = SinogramGeometry(n_views=2, n_bins=3, bin_mm=2.0, n_planes=1, plane_mm=2.0)
+    with pytest.raises(ValueError, match="do not fit in int16"):
+        write_sinogram(tmp_path / "c.hs", np.full(geometry.shape, 4e4), geometry, dtype="int16")

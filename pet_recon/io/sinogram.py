@@ -298,6 +298,9 @@ def read_sinogram_header(
     return geometry, info
 
 
+_WRITE_FORMATS = {"float32": ("float", "<f4"), "int16": ("signed integer", "<i2")}
+
+
 def write_sinogram(
     path: Path,
     data: np.ndarray,
@@ -305,6 +308,7 @@ def write_sinogram(
     *,
     scanner: str = "petrecon",
     extra: dict[str, str] | None = None,
+    dtype: str = "float32",
 ) -> Path:
     """Write direct-plane sinograms as a STIR-readable Interfile pair.
 
@@ -316,7 +320,7 @@ def write_sinogram(
     bin size), and an inner ring diameter for which a non-arc-corrected central bin is
     ``bin_mm`` wide (at least the sinogram's field of view when arc-corrected). Lengths are
     written in cm as exact decimals, so a write/read round trip gives back the same geometry.
-    The values go to ``path.with_suffix(".s")`` as little-endian float32, laid out
+    The values go to ``path.with_suffix(".s")`` as little-endian ``dtype``, laid out
     ``[view][axial][tangential]`` (STIR's default storage order).
 
     Parameters
@@ -335,6 +339,9 @@ def write_sinogram(
     extra : dict of str to str, optional
         Additional ``key := value`` lines, written in order just before
         ``!END OF INTERFILE``.
+    dtype : {"float32", "int16"}
+        Stored number format: ``float`` (4 bytes) or ``signed integer`` (2 bytes, for
+        integer counts up to 32767: half the size; values are rounded and must fit).
 
     Returns
     -------
@@ -359,10 +366,18 @@ def write_sinogram(
     for key, value in [("scanner", scanner), *extra.items()]:
         if any(c in f"{key}{value}" for c in "\r\n") or ":=" in key:
             raise ValueError(f"cannot write Interfile line {key!r} := {value!r}")
+    if dtype not in _WRITE_FORMATS:
+        raise ValueError(f"dtype must be one of {sorted(_WRITE_FORMATS)}, got {dtype!r}")
+    number_format, numpy_dtype = _WRITE_FORMATS[dtype]
+    if dtype == "int16":
+        values = np.rint(values)
+        if values.min() < -32768 or values.max() > 32767:
+            raise ValueError("values do not fit in int16; write them as float32")
     data_path = path.with_suffix(".s")
-    header = _interfile_text(geometry, data_path.name, scanner, extra)
+    header = _interfile_text(geometry, data_path.name, scanner, extra, number_format,
+                             np.dtype(numpy_dtype).itemsize)
     try:
-        np.ascontiguousarray(values.transpose(1, 0, 2), dtype="<f4").tofile(data_path)
+        np.ascontiguousarray(values.transpose(1, 0, 2), dtype=numpy_dtype).tofile(data_path)
         path.write_text(header, encoding="utf-8")
     except OSError as exc:
         raise PetReconError(f"{path}: cannot write sinogram ({exc.strerror})") from None
@@ -784,7 +799,12 @@ def _cm(mm: float) -> str:
 
 
 def _interfile_text(
-    geometry: SinogramGeometry, data_name: str, scanner: str, extra: dict[str, str]
+    geometry: SinogramGeometry,
+    data_name: str,
+    scanner: str,
+    extra: dict[str, str],
+    number_format: str,
+    bytes_per_pixel: int,
 ) -> str:
     """STIR projection-data header for one direct-plane segment (ring difference 0..0)."""
     g = geometry
@@ -805,8 +825,8 @@ def _interfile_text(
         "!PET STUDY (General) :=",
         "!PET data type := Emission",
         f"applied corrections := {{{'arc correction' if g.arc_corrected else 'None'}}}",
-        "!number format := float",
-        "!number of bytes per pixel := 4",
+        f"!number format := {number_format}",
+        f"!number of bytes per pixel := {bytes_per_pixel}",
         "number of dimensions := 4",
         "matrix axis label [4] := segment",
         "!matrix size [4] := 1",

@@ -10,8 +10,9 @@ image pairs; the diffusion model SD2 cross-attends to the text tower's token fea
 - :class:`ImageEncoder`: a small CNN over PET slices -> one embedding per slice.
 - :class:`MetaEncoder`: both towers and CLIP's learned temperature.
 - :func:`clip_loss`: symmetric InfoNCE (CLIP, Fig. 3).
-- :func:`save_meta_encoder` / :func:`load_meta_encoder`: safetensors weights with the model
-  config and the tokenizer definition in the metadata.
+- :func:`save_meta_encoder` / :func:`load_meta_encoder`: weights through
+  :mod:`pet_recon.weights` (safetensors, hash-checked), the tokenizer definition stored
+  with them.
 
 Attention projections are explicit ``nn.Linear`` layers named ``q_proj``, ``k_proj``,
 ``v_proj``, ``out_proj`` so that :func:`pet_recon.meta.lora.apply_lora` can adapt them.
@@ -19,22 +20,18 @@ Attention projections are explicit ``nn.Linear`` layers named ``q_proj``, ``k_pr
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import cast
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
+from pet_recon.errors import PetReconError
 from pet_recon.meta.lora import LoRALinear
 from pet_recon.meta.tokenizer import Tokenizer
-
-#: ``format`` value in the metadata of saved meta-encoder weights.
-WEIGHTS_FORMAT = "petrecon-meta-encoder-v1"
+from pet_recon.weights import load_model, register_config, save_model
 
 
 class SelfAttention(nn.Module):
@@ -246,7 +243,9 @@ class MetaEncoder(nn.Module):
 
     The temperature is CLIP's: a log-parameterised multiplier ``logit_scale`` initialised
     to ``log(1 / 0.07)``; :meth:`scale` returns ``exp(logit_scale)`` clamped at 100
-    (Radford et al. 2021, Sec. 2.5).
+    (Radford et al. 2021, Sec. 2.5). Every constructor argument is recorded in
+    ``self.config`` (:func:`pet_recon.weights.register_config`), as for the two towers, so
+    ``MetaEncoder(**model.config)`` rebuilds the architecture.
 
     Parameters
     ----------
@@ -343,39 +342,55 @@ def retrieval_top1(text_emb: torch.Tensor, image_emb: torch.Tensor) -> float:
     return (sim.argmax(dim=1) == target).float().mean().item()
 
 
-def save_meta_encoder(path: Path | str, model: MetaEncoder, tokenizer: Tokenizer) -> None:
-    """Write weights as safetensors, the model and tokenizer configs in the metadata.
+def save_meta_encoder(path: Path | str, model: MetaEncoder, tokenizer: Tokenizer) -> Path:
+    """Write the model with :func:`pet_recon.weights.save_model`, tokenizer in ``extra``.
 
-    The metadata has ``format`` (:data:`WEIGHTS_FORMAT`), ``model_config`` and
-    ``tokenizer_config`` (JSON). Models with LoRA adapters must be merged first
+    The file's metadata holds the model class and ``model.config`` (as for every petrecon
+    model) and ``extra = {"tokenizer": tokenizer.config}``, so :func:`load_meta_encoder`
+    rebuilds both. Models with LoRA adapters must be merged first
     (:func:`~pet_recon.meta.lora.merge_lora`) or their adapters saved on their own
     (:func:`~pet_recon.meta.lora.lora_state_dict`).
+
+    Returns
+    -------
+    pathlib.Path
+        The written ``.safetensors`` file (list it in the folder's manifest with
+        :func:`pet_recon.weights.update_manifest`).
     """
     if any(isinstance(m, LoRALinear) for m in model.modules()):
         raise ValueError("model has LoRA adapters: merge_lora() it or save lora_state_dict()")
     if model.config["vocab_size"] != tokenizer.vocab_size:
         raise ValueError(f"model vocab_size {model.config['vocab_size']} != tokenizer "
                          f"vocab_size {tokenizer.vocab_size}")
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(tensors, str(path), metadata={
-        "format": WEIGHTS_FORMAT,
-        "model_config": json.dumps(model.config),
-        "tokenizer_config": json.dumps(tokenizer.config),
-    })
+    return save_model(model, path, extra={"tokenizer": tokenizer.config})
 
 
-def load_meta_encoder(path: Path | str,
+def load_meta_encoder(path: Path | str, *, expected_sha256: str | None = None,
                       device: torch.device | str = "cpu") -> tuple[MetaEncoder, Tokenizer]:
-    """Rebuild a model and its tokenizer written by :func:`save_meta_encoder`."""
-    with safe_open(str(path), framework="pt", device="cpu") as f:
-        metadata = f.metadata() or {}
-        if metadata.get("format") != WEIGHTS_FORMAT:
-            raise ValueError(f"{path}: not petrecon meta-encoder weights "
-                             f"(format {metadata.get('format')!r})")
-        state = {k: f.get_tensor(k) for k in f.keys()}
-    model = MetaEncoder.from_config(json.loads(metadata["model_config"]))
-    model.load_state_dict(state)
-    tokenizer = Tokenizer.from_config(json.loads(metadata["tokenizer_config"]))
+    """Verify and load weights written by :func:`save_meta_encoder`.
+
+    Parameters
+    ----------
+    path : Path or str
+        The ``.safetensors`` file.
+    expected_sha256 : str, optional
+        Its SHA-256; default: the one in the ``manifest.json`` beside it (see
+        :func:`pet_recon.weights.load_model`).
+    device : torch.device or str
+        Device of the returned model.
+
+    Returns
+    -------
+    model : MetaEncoder
+        In eval mode.
+    tokenizer : Tokenizer
+        Rebuilt from the stored definition.
+    """
+    model, extra = load_model(path, registry={"MetaEncoder": MetaEncoder},
+                              expected_sha256=expected_sha256, device=device)
+    if "tokenizer" not in extra:
+        raise PetReconError(f"{path}: no tokenizer definition in the weights metadata")
+    tokenizer = Tokenizer.from_config(extra["tokenizer"])
     if tokenizer.vocab_size != model.config["vocab_size"]:
-        raise ValueError(f"{path}: tokenizer and model vocabulary sizes differ")
-    return model.to(device), tokenizer
+        raise PetReconError(f"{path}: tokenizer and model vocabulary sizes differ")
+    return cast(MetaEncoder, model), tokenizer

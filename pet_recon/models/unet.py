@@ -114,7 +114,7 @@ class AttentionBlock(nn.Module):
     Parameters
     ----------
     channels : int
-        Feature channels ``C`` (a multiple of :data:`HEAD_DIM`, or smaller: one head).
+        Feature channels ``C``; ``C / HEAD_DIM`` heads if that divides, else one head.
     context_dim : int or None
         Size of context tokens; ``None`` disables cross-attention.
     groups : int
@@ -123,7 +123,7 @@ class AttentionBlock(nn.Module):
 
     def __init__(self, channels: int, context_dim: int | None, groups: int) -> None:
         super().__init__()
-        self.num_heads = max(1, channels // HEAD_DIM)
+        self.num_heads = channels // HEAD_DIM if channels % HEAD_DIM == 0 else 1
         self.norm = nn.GroupNorm(groups, channels)
         self.qkv = nn.Linear(channels, 3 * channels)
         self.proj = _zero(nn.Linear(channels, channels))
@@ -235,11 +235,13 @@ class UNet(nn.Module):
         if any(not 0 <= i < levels for i in attention_levels):
             raise ValueError(f"attention_levels {tuple(attention_levels)} outside 0..{levels - 1}")
         self.levels = levels
+        self.base_channels = base_channels
         self.context_dim = context_dim
         self.stage_channels = tuple(channels[max(0, levels - GUIDED_STAGES):])
         time_dim = 4 * base_channels if time_embedding else None
         self.time_mlp = (nn.Sequential(nn.Linear(base_channels, time_dim), nn.SiLU(),
-                                       nn.Linear(time_dim, time_dim)) if time_dim else None)
+                                       nn.Linear(time_dim, time_dim))
+                         if time_dim is not None else None)
 
         self.conv_in = nn.Conv2d(in_channels, base_channels, 3, padding=1)
         self.down_blocks = nn.ModuleList()
@@ -346,7 +348,7 @@ class UNet(nn.Module):
         emb = None
         if self.time_mlp is not None and t is not None:
             t = t.reshape(-1).expand(b) if t.numel() == 1 else t
-            emb = self.time_mlp(timestep_embedding(t, self.conv_in.out_channels))
+            emb = self.time_mlp(timestep_embedding(t, self.base_channels))
 
         first_guided = self.levels - len(self.stage_channels)
         h = self.conv_in(x)

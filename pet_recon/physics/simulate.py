@@ -463,10 +463,11 @@ def write_case(case: SimulatedCase, out_dir: Path) -> dict[str, object]:
     """Write a simulated case into ``out_dir`` (which must be empty or absent).
 
     Layout: ``fd/`` and ``ld_drf<k>/`` DICOM PET series; ``sino/fd.hs`` and
-    ``sino/ld_drf<k>.hs`` prompts with ``sino/attenuation.hs``, ``sino/normalisation.hs``
-    and ``sino/background_fd.hs`` (the background of dose level k is this divided by k);
-    ``truth.mha`` (Bq/ml at full dose), ``mu.mha`` (1/cm), ``ct.mha`` (HU), ``mr.mha``,
-    ``labels.mha``; ``case.json`` (protocol, phantom info, SUV factors, calibration).
+    ``sino/ld_drf<k>.hs`` prompts (int16 counts when they fit, else float32) with
+    ``sino/attenuation.hs``, ``sino/normalisation.hs`` and ``sino/background_fd.hs``
+    (the background of dose level k is this divided by k); ``truth.mha`` (Bq/ml at full
+    dose), ``mu.mha`` (1/cm), ``ct.mha`` (HU), ``mr.mha``, ``labels.mha``; ``case.json``
+    (protocol, phantom info, SUV factors, calibration).
 
     Returns
     -------
@@ -490,7 +491,8 @@ def write_case(case: SimulatedCase, out_dir: Path) -> dict[str, object]:
     for k, prompts in case.prompts.items():
         name = "fd" if k == 1 else f"ld_drf{k}"
         write_sinogram(sino_dir / f"{name}.hs", prompts, case.sinogram, extra={
-            **calib, "petrecon dose reduction factor": str(k)})
+            **calib, "petrecon dose reduction factor": str(k)},
+            dtype="int16" if prompts.max() <= 32767 else "float32")
     write_sinogram(sino_dir / "attenuation.hs", case.attenuation, case.sinogram)
     write_sinogram(sino_dir / "normalisation.hs",
                    np.broadcast_to(case.normalisation, case.sinogram.shape).astype(np.float32),
