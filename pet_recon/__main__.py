@@ -1,5 +1,5 @@
 """``python -m pet_recon`` runs the command-line interface."""
 
-from pet_recon.cli import app
+from pet_recon.cli import main
 
-app(prog_name="petrecon")
+main()

@@ -212,3 +212,23 @@ def make_dataset(
         splits=tuple(split or ("train", "val")), device=_device(device), progress=not quiet,
     )
     typer.echo(json.dumps(report))
+
+
+def main() -> None:
+    """Console entry point: like ``app()``, but a usage error is one line too (exit 2)."""
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(prog_name="petrecon", standalone_mode=False)
+    except typer.TyperException as exc:  # click's usage errors; typer exports their base
+        ctx = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
+            typer.echo(ctx.get_help())
+            code = 0
+        else:
+            where = f" ({ctx.command_path})" if ctx is not None else ""
+            typer.echo(f"petrecon: error{where}: {exc.format_message()}", err=True)
+            code = getattr(exc, "exit_code", 2)
+    except typer.Abort:
+        typer.echo("petrecon: interrupted; nothing was written", err=True)
+        code = 130
+    sys.exit(code if isinstance(code, int) else 0)

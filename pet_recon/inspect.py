@@ -9,7 +9,7 @@ import numpy as np
 from pet_recon.errors import PetReconError
 from pet_recon.io.series import find_series, read_series
 from pet_recon.io.suv import SuvUnavailable, suv_scale
-from pet_recon.meta.prompt import build_record, render_prompt
+from pet_recon.meta.prompt import build_record, render_prompt, uptake_warning
 
 
 def inspect_meta(
@@ -69,6 +69,8 @@ def inspect_meta(
         except SuvUnavailable as exc:
             warnings.append(f"SUV not available: {exc}")
         record = build_record(meta, drf=drf)
+        if (problem := uptake_warning(meta)) is not None:
+            warnings.append(problem)
         geo = meta.geometry
         reports.append({
             "series_instance_uid": uid,

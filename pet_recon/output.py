@@ -17,26 +17,22 @@ from pet_recon.errors import PetReconError
 
 
 def check_output_dir(out_dir: Path, overwrite: bool) -> None:
-    """Fail early when ``out_dir`` exists (non-empty) without overwrite, or cannot be made."""
+    """Fail early, creating nothing, when ``out_dir`` cannot be written.
+
+    It must not exist as a file, must be empty unless ``overwrite``, and its nearest
+    existing ancestor must be a writable folder.
+    """
     if out_dir.exists() and not out_dir.is_dir():
         raise PetReconError(f"{out_dir}: output exists and is not a folder")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
         raise PetReconError(f"{out_dir}: output folder exists and is not empty (use --overwrite)")
-    parent = out_dir.resolve().parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise PetReconError(f"{parent}: cannot create output folder ({exc.strerror})") from None
-    probe: Path | None = None
-    try:
-        fd, name = tempfile.mkstemp(prefix=".petrecon-probe-", dir=parent)
-        probe = Path(name)
-        os.close(fd)
-    except OSError as exc:
-        raise PetReconError(f"{parent}: output location is not writable ({exc.strerror})") from None
-    finally:
-        if probe is not None:
-            probe.unlink(missing_ok=True)
+    ancestor = out_dir.resolve().parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise PetReconError(f"{out_dir}: cannot create output folder ({ancestor} is a file)")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise PetReconError(f"{out_dir}: output location {ancestor} is not writable")
 
 
 @contextlib.contextmanager
@@ -52,7 +48,11 @@ def staged_output(out_dir: Path, overwrite: bool) -> Iterator[Path]:
     """
     check_output_dir(out_dir, overwrite)
     parent = out_dir.resolve().parent
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=parent))
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=parent))
+    except OSError as exc:
+        raise PetReconError(f"{out_dir}: cannot create output folder ({exc.strerror})") from None
     try:
         yield staging
     except BaseException:

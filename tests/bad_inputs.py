@@ -6,7 +6,9 @@ with patient weight and a complete Radiopharmaceutical Information Sequence) wit
 command; :data:`BAD_SINOGRAMS` lists broken Interfile sinograms, read with
 :func:`pet_recon.io.sinogram.read_sinogram` (no CLI command reads sinograms yet). Every entry
 says how to build it under a given folder and which regular expression the one-line error
-message must match (searched, not anchored, in the message after ``petrecon: error:``).
+message must match (with ``re.search``, in the message after ``petrecon: error:``).
+:func:`run_petrecon` runs the CLI in a subprocess and :func:`snapshot` hashes a file tree, to
+show that a failed run wrote nothing.
 
 This module holds no tests; ``tests/test_bad_input.py`` runs the corpus.
 """
@@ -486,7 +488,7 @@ BAD_INPUTS: tuple[BadInput, ...] = (
     ),
     BadInput(
         "output_under_regular_file", "reconstruct", _output_under_file,
-        r"blocker: cannot create output folder \(",
+        r"blocker/out: cannot create output folder \(.*blocker is a file\)",
     ),
     BadInput(
         "report_exists", "reconstruct", _report_exists,

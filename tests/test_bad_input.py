@@ -63,11 +63,6 @@ def test_cli_bad_input_one_line_error_and_nothing_written(case: BadInput, tmp_pa
     assert snapshot(root) == everything  # no report, preview, probe or staging file either
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: output.check_output_dir creates the parents of --out before the "
-    "input is read, so a failed run leaves empty folders behind",
-)
 def test_cli_bad_input_creates_no_output_parent_folders(tmp_path: Path) -> None:
     root = tmp_path.resolve()
     (root / "in").mkdir()  # empty: no DICOM image files

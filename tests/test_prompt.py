@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime
 
 import pytest
@@ -14,7 +15,12 @@ from pet_recon.io.metadata import (
     SourceReference,
     VolumeGeometry,
 )
-from pet_recon.meta.prompt import build_record, estimate_dose_fraction, render_prompt
+from pet_recon.meta.prompt import (
+    build_record,
+    estimate_dose_fraction,
+    render_prompt,
+    uptake_warning,
+)
 
 
 def _meta(**patient: object) -> SeriesMeta:
@@ -73,3 +79,14 @@ def test_build_record_caps_age_at_90() -> None:
 def test_estimate_dose_fraction_unknown_tracer_is_none() -> None:
     assert estimate_dose_fraction("Choline", 300.0, 70.0) is None
     assert estimate_dose_fraction("Florbetapir", 185.0, None) == pytest.approx(0.5)
+
+
+def test_build_record_ignores_implausible_uptake() -> None:
+    meta = _meta()
+    late = dataclasses.replace(meta.radiopharmaceutical, start=datetime(2024, 1, 1, 10, 0))
+    meta.radiopharmaceutical = late
+    assert "more than ten half-lives" in (uptake_warning(meta) or "")
+    assert build_record(meta).uptake_time_min is None
+    meta.radiopharmaceutical = dataclasses.replace(late, start=datetime(2025, 1, 1, 12, 0))
+    assert "after the scan start" in (uptake_warning(meta) or "")
+    assert uptake_warning(_meta()) is None

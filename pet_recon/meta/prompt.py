@@ -119,6 +119,26 @@ def _uptake_minutes(meta: SeriesMeta) -> float | None:
     return (scan - start).total_seconds() / 60.0
 
 
+def uptake_warning(meta: SeriesMeta) -> str | None:
+    """Why the uptake time of ``meta`` is implausible, or None.
+
+    An injection after the scan, or more than ten half-lives before it (activity decayed
+    more than 1000x; F-18: 18 h, Zr-89: 33 days), points to inconsistent dates such as an
+    anonymisation that shifted the study date but not the injection; the prompt then says
+    the uptake time is unknown.
+    """
+    minutes = _uptake_minutes(meta)
+    half_life = meta.radiopharmaceutical.half_life_s
+    if minutes is None:
+        return None
+    if minutes < 0:
+        return f"injection {-minutes:.0f} min after the scan start: uptake time ignored"
+    if half_life and minutes * 60.0 > 10 * half_life:
+        return (f"uptake time {minutes:.0f} min is more than ten half-lives: dates look "
+                "inconsistent (anonymised?); uptake time ignored")
+    return None
+
+
 def _median(values: tuple[float | None, ...]) -> float | None:
     known = sorted(v for v in values if v is not None)
     return known[len(known) // 2] if known else None
@@ -152,7 +172,7 @@ def build_record(meta: SeriesMeta, drf: float | None = None) -> MetaRecord:
         height_cm=pt.height_m * 100.0 if pt.height_m else None,
         sex=pt.sex,
         age=_age_text(pt.age_years),
-        uptake_time_min=_uptake_minutes(meta),
+        uptake_time_min=None if uptake_warning(meta) else _uptake_minutes(meta),
         frame_duration_s=_median(acq.frame_duration_s),
         decay_correction=acq.decay_correction,
         units=meta.units,
