@@ -232,3 +232,36 @@ def main() -> None:
         typer.echo("petrecon: interrupted; nothing was written", err=True)
         code = 130
     sys.exit(code if isinstance(code, int) else 0)
+
+
+@app.command()
+@_user_errors
+def train(
+    stage: Annotated[str, typer.Argument(help="mi-encoder, srm, sd1 or sd2.")],
+    data: Annotated[Path, typer.Option(help="Shards folder (petrecon make-dataset).")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Run folder (checkpoints, weights).")],
+    steps: Annotated[int, typer.Option(min=1)] = 2000,
+    batch_size: Annotated[int, typer.Option(min=1)] = 8,
+    lr: Annotated[float, typer.Option(min=0.0)] = 2e-4,
+    seed: Annotated[int, typer.Option(min=0)] = 0,
+    frozen: Annotated[
+        Path | None, typer.Option(help="Folder with earlier stages (srm / mi-encoder).")
+    ] = None,
+    trust_frozen: Annotated[
+        bool, typer.Option(help="Use --frozen weights not listed in a manifest (own runs).")
+    ] = False,
+    resume: Annotated[bool, typer.Option(help="Continue from the run's checkpoint.")] = True,
+    device: Device = "auto",
+    bf16: Annotated[bool, typer.Option(help="bf16 autocast.")] = True,
+) -> None:
+    """Train one stage of the MiG-DM cascade on simulated shards."""
+    from pet_recon.training import STAGES, TrainOptions
+    from pet_recon.training import train as run
+
+    _setup_logging(quiet=False)
+    if stage not in STAGES:
+        raise PetReconError(f"stage must be one of {', '.join(STAGES)}, got {stage!r}")
+    report = run(stage, TrainOptions(
+        data=data, out=out_dir, steps=steps, device=_device(device), batch_size=batch_size,
+        lr=lr, seed=seed, frozen=frozen, trust_frozen=trust_frozen, resume=resume, bf16=bf16))
+    typer.echo(json.dumps({k: report[k] for k in ("stage", "seconds", "weights", "metrics")}))

@@ -27,6 +27,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from pet_recon.meta.prompt import build_record, render_prompt
+from pet_recon.models.intensity import reference_value
 from pet_recon.physics.simulate import SimulatedCase, series_meta
 
 SPLITS = ("train", "val", "test")
@@ -102,7 +103,9 @@ class SliceStream(torch.utils.data.IterableDataset):
     ``ld`` ``(2 * neighbours + 1, ny, nx)`` low-dose SUV with neighbouring planes as
     channels (edges repeat), ``fd`` and ``truth`` ``(1, ny, nx)``, ``mu`` and ``mr``
     ``(1, ny, nx)``, ``sino_ld`` and ``sino_fd`` ``(1, views, bins)`` prompts scaled to the
-    full-dose level (``sino_ld * k``), ``drf`` (float), plus ``prompt`` (str) and ``case_id``.
+    full-dose level (``sino_ld * k``), ``drf`` (float), ``ref`` (the case's intensity
+    reference at that dose level, :func:`pet_recon.models.intensity.reference_value`, SUV),
+    plus ``prompt`` (str) and ``case_id``.
 
     Parameters
     ----------
@@ -117,10 +120,14 @@ class SliceStream(torch.utils.data.IterableDataset):
         Shuffling seed; the order differs per epoch (``set_epoch``) and per worker.
     shuffle : bool
         Shuffle shards and planes.
+    cases_in_flight : int
+        With ``shuffle``, items of this many cases are pooled and shuffled together, so a
+        batch mixes cases (and prompts).
     """
 
     def __init__(self, root: Path, split: str, *, drfs: tuple[int, ...] | None = None,
-                 neighbours: int = 1, seed: int = 0, shuffle: bool = True) -> None:
+                 neighbours: int = 1, seed: int = 0, shuffle: bool = True,
+                 cases_in_flight: int = 8) -> None:
         super().__init__()
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -129,6 +136,7 @@ class SliceStream(torch.utils.data.IterableDataset):
             raise FileNotFoundError(f"{Path(root) / split}: no shards (*.safetensors)")
         self.drfs, self.neighbours = drfs, neighbours
         self.seed, self.shuffle, self.epoch = seed, shuffle, 0
+        self.cases_in_flight = max(1, cases_in_flight) if shuffle else 1
 
     def set_epoch(self, epoch: int) -> None:
         """Change the shuffling order for the next pass."""
@@ -141,8 +149,12 @@ class SliceStream(torch.utils.data.IterableDataset):
         files = self.files[worker::n_workers]
         if self.shuffle:
             files = rng.sample(files, len(files))
-        for path in files:
-            yield from self._case_items(path, rng)
+        for start in range(0, len(files), self.cases_in_flight):
+            pool = [item for path in files[start : start + self.cases_in_flight]
+                    for item in self._case_items(path, rng)]
+            if self.shuffle:
+                rng.shuffle(pool)
+            yield from pool
 
     def _case_items(self, path: Path, rng: random.Random) -> Iterator[dict[str, object]]:
         record = read_record(path)
@@ -153,6 +165,8 @@ class SliceStream(torch.utils.data.IterableDataset):
             fixed = {name: f.get_tensor(name) for name in ("fd", "truth", "mu", "mr", "sino_fd")}
             levels = {k: (f.get_tensor(f"ld_drf{k}"), f.get_tensor(f"sino_ld_drf{k}"))
                       for k in drfs}
+        spacing = (record["pixel_mm"], record["pixel_mm"], record["plane_mm"])
+        refs = {k: reference_value(levels[k][0].float().numpy(), spacing) for k in drfs}
         planes = list(range(fixed["fd"].shape[0]))
         if self.shuffle:
             rng.shuffle(planes)
@@ -170,6 +184,7 @@ class SliceStream(torch.utils.data.IterableDataset):
                 "sino_ld": sino[p : p + 1].float() * k,
                 "sino_fd": fixed["sino_fd"][p : p + 1].float(),
                 "drf": float(k),
+                "ref": refs[k],
                 "prompt": record["levels"][str(k)]["prompt"],
                 "case_id": record["case_id"],
             }

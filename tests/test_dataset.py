@@ -43,6 +43,7 @@ def test_write_dataset_skips_test_seeds_by_default(tmp_path: Path) -> None:
 
 def test_slice_stream_yields_aligned_slices_with_neighbours(shards: Path) -> None:
     items = list(SliceStream(shards, "val", neighbours=1, shuffle=False))
+    assert all(0.5 < item["ref"] < 10 for item in items)
     assert len(items) == 6
     item = items[0]
     assert item["ld"].shape == (3, 32, 32) and item["fd"].shape == (1, 32, 32)

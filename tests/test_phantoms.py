@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from pet_recon.physics.geometry import ImageGeometry
 from pet_recon.physics.phantoms import (
@@ -23,6 +24,7 @@ from pet_recon.physics.phantoms import (
 SMALL = ImageGeometry(nx=64, ny=64, pixel_mm=4.0, n_planes=16, plane_mm=4.0)
 WIDE = ImageGeometry(nx=64, ny=64, pixel_mm=8.0, n_planes=16, plane_mm=6.0)  # 512 mm field
 NEMA_2MM = ImageGeometry(nx=160, ny=160, pixel_mm=2.0, n_planes=24, plane_mm=2.0)
+BRAIN_2MM = ImageGeometry(nx=128, ny=128, pixel_mm=2.0, n_planes=64, plane_mm=2.0)
 FAMILIES = ("brain", "body", "nema")
 
 
@@ -33,8 +35,21 @@ def small() -> dict[str, Phantom]:
 
 @pytest.fixture(scope="module")
 def brains() -> dict[str, Phantom]:
-    geometry = ImageGeometry(nx=96, ny=96, pixel_mm=2.5, n_planes=24, plane_mm=3.0)
-    return {tracer: brain(geometry, 5, tracer) for tracer in ("FDG", "amyloid+", "amyloid-")}
+    """The three tracers on the simulator's brain grid (2 mm, 128 mm slab)."""
+    return {tracer: brain(BRAIN_2MM, 5, tracer) for tracer in ("FDG", "amyloid+", "amyloid-")}
+
+
+@pytest.fixture(scope="module")
+def brain_depth(brains: dict[str, Phantom]) -> np.ndarray:
+    """Depth (mm) of each voxel below the surface of the FDG brain (its labelled tissue with
+    the ventricles filled in); sulci narrower than half a voxel do not count as surface."""
+    labels = brains["FDG"].labels
+    tissue = np.isin(
+        labels, [Label.GREY_MATTER, Label.WHITE_MATTER, Label.DEEP_GREY, Label.CEREBELLUM]
+    )
+    filled = ndimage.binary_fill_holes(tissue | (labels >= LESION_BASE))
+    spacing = (BRAIN_2MM.plane_mm, BRAIN_2MM.pixel_mm, BRAIN_2MM.pixel_mm)
+    return ndimage.distance_transform_edt(filled, sampling=spacing)
 
 
 @pytest.fixture(scope="module")
@@ -169,21 +184,95 @@ def test_body_patient_organs_and_tumours() -> None:
 
 def test_brain_tracer_contrast(brains: dict[str, Phantom]) -> None:
     fdg = brains["FDG"]
-    gm, wm, csf = (
+    gm, wm, csf, deep, cerebellum = (
         median_in(fdg, fdg.activity, label)
-        for label in (Label.GREY_MATTER, Label.WHITE_MATTER, Label.CSF)
+        for label in (
+            Label.GREY_MATTER,
+            Label.WHITE_MATTER,
+            Label.CSF,
+            Label.DEEP_GREY,
+            Label.CEREBELLUM,
+        )
     )
-    assert gm > 1.5 * wm and wm > 2.0 * csf
+    # The true grey/white ratio is 2.7-3.2; the 1.5-voxel thick cortex shares its voxels
+    # with white matter and CSF, which lowers the ratio of the labelled voxels' medians to
+    # about 0.75 of it, and that of their means to about 0.67.
+    assert 2.0 <= gm / wm <= 3.5 and wm > 2.0 * csf
+    grey_mean = fdg.activity[fdg.labels == Label.GREY_MATTER].mean()
+    white_mean = fdg.activity[fdg.labels == Label.WHITE_MATTER].mean()
+    assert 1.8 <= grey_mean / white_mean <= 3.5
+    assert deep > 0.8 * gm and 0.6 * gm < cerebellum < gm
     assert 0.3 <= min(region["reduction"] for region in fdg.info["hypometabolic"]) <= 0.5
     negative = brains["amyloid-"]
     assert median_in(negative, negative.activity, Label.WHITE_MATTER) > 1.5 * median_in(
         negative, negative.activity, Label.GREY_MATTER
     )
+    assert 0.95 <= negative.info["cortical_suvr"] <= 1.1
     positive = brains["amyloid+"]
     reference = median_in(positive, positive.activity, Label.CEREBELLUM)
-    assert median_in(positive, positive.activity, Label.GREY_MATTER) > 1.3 * reference
+    cortex = median_in(positive, positive.activity, Label.GREY_MATTER)
+    assert cortex > 1.3 * reference and positive.info["cortical_suvr"] >= 1.5
+    assert cortex > 0.85 * median_in(positive, positive.activity, Label.WHITE_MATTER)
     assert positive.info["amyloid_status"] == "positive"
     assert negative.info["amyloid_status"] == "negative" and fdg.info["amyloid_status"] is None
+
+
+def test_brain_cortex_is_a_folded_ribbon(
+    brains: dict[str, Phantom], brain_depth: np.ndarray
+) -> None:
+    centre = BRAIN_2MM.n_planes // 2
+    labels = brains["FDG"].labels[centre]
+    grey = labels == Label.GREY_MATTER
+    assert np.mean(brain_depth[centre][grey] <= 20.0) > 0.8  # a ribbon along the surface ...
+    # ... folded into sulci (which are CSF, not surface, here), not a line on the surface.
+    intracranial = ndimage.binary_fill_holes(
+        np.isin(labels, [Label.GREY_MATTER, Label.WHITE_MATTER, Label.DEEP_GREY, Label.CSF])
+    )
+    below_csf = ndimage.distance_transform_edt(intracranial) * BRAIN_2MM.pixel_mm
+    assert np.mean(below_csf[grey] > 8.0) > 0.4
+
+
+def test_brain_white_matter_fills_the_hemispheres_core(
+    brains: dict[str, Phantom], brain_depth: np.ndarray
+) -> None:
+    centre = BRAIN_2MM.n_planes // 2
+    labels, depth = brains["FDG"].labels[centre], brain_depth[centre]
+    core = depth >= np.quantile(depth[depth > 0], 0.7)  # the innermost 30 % of the brain
+    assert np.isin(labels[core], [Label.WHITE_MATTER, Label.CSF, Label.DEEP_GREY]).mean() > 0.8
+    assert np.mean(labels[core] == Label.WHITE_MATTER) > 0.5
+
+
+def test_brain_ventricles_beside_the_basal_ganglia(brains: dict[str, Phantom]) -> None:
+    labels = brains["FDG"].labels
+    deep = labels == Label.DEEP_GREY
+    planes = np.flatnonzero(deep.sum(axis=(1, 2)) > 20)
+    assert planes.size >= 5 and 0.2 < planes.mean() / BRAIN_2MM.n_planes < 0.7
+    _, rows, columns = np.nonzero(deep)
+    near_y = np.abs(np.arange(BRAIN_2MM.ny) - rows.mean()) * BRAIN_2MM.pixel_mm < 40.0
+    near_x = np.abs(np.arange(BRAIN_2MM.nx) - columns.mean()) * BRAIN_2MM.pixel_mm < 25.0
+    central = labels[planes][:, near_y][:, :, near_x] == Label.CSF
+    assert np.count_nonzero(central) * BRAIN_2MM.voxel_ml > 5.0
+
+
+def test_brain_csf_has_no_isolated_voxels(brains: dict[str, Phantom]) -> None:
+    csf = brains["FDG"].labels == Label.CSF
+    neighbours = ndimage.convolve(
+        csf.astype(np.int8), ndimage.generate_binary_structure(3, 1).astype(np.int8)
+    )
+    isolated = csf & (neighbours == 1)  # the voxel itself only
+    assert np.count_nonzero(isolated) < 0.01 * np.count_nonzero(csf)
+
+
+def test_brain_slab_from_hindbrain_to_vertex(brains: dict[str, Phantom]) -> None:
+    labels = brains["FDG"].labels
+    present = {
+        label: np.flatnonzero((labels == label).any(axis=(1, 2)))
+        for label in (Label.CEREBELLUM, Label.GREY_MATTER, Label.FAT)
+    }
+    assert present[Label.CEREBELLUM][0] <= 4  # cerebellum and orbits at the bottom ...
+    assert present[Label.CEREBELLUM][-1] < BRAIN_2MM.n_planes // 2
+    assert present[Label.FAT][-1] < BRAIN_2MM.n_planes // 3
+    assert present[Label.GREY_MATTER][-1] >= BRAIN_2MM.n_planes - 10  # ... vertex at the top
 
 
 def test_mr_contrast(brains: dict[str, Phantom], small: dict[str, Phantom]) -> None:
@@ -193,6 +282,7 @@ def test_mr_contrast(brains: dict[str, Phantom], small: dict[str, Phantom]) -> N
         for label in (Label.WHITE_MATTER, Label.GREY_MATTER, Label.CSF)
     )
     assert wm > gm > csf
+    assert median_in(fdg, fdg.mr, Label.SKULL) < gm < median_in(fdg, fdg.mr, Label.FAT)
     torso = small["body"]
     assert median_in(torso, torso.mr, Label.FAT) > median_in(torso, torso.mr, Label.SOFT_TISSUE)
 

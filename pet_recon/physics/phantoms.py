@@ -32,12 +32,12 @@ Label table (:class:`Label`)
 id      name            content
 ======  ==============  ======================================================
 0       BACKGROUND      air outside the patient or phantom
-1       SOFT_TISSUE     muscle, viscera, scalp, neck
-2       FAT             subcutaneous fat
+1       SOFT_TISSUE     muscle, viscera, scalp, face, eyes, neck
+2       FAT             subcutaneous and orbital fat
 3       GREY_MATTER     cortical grey matter
 4       WHITE_MATTER    cerebral and cerebellar white matter, brainstem
 5       CSF             ventricles, sulcal and subarachnoid CSF, spinal canal
-6       SKULL           skull
+6       SKULL           skull (tables and diploe)
 7       LUNG            lungs; the lung insert of the NEMA phantom
 8       LIVER           liver
 9       HEART           myocardium
@@ -67,11 +67,12 @@ Sources
   EJNMMI 42 (2015) 328-354, and of PERCIST (Wahl et al., J Nucl Med 50 (2009) 122S); spleen
   1.6-2.1, muscle 0.6-1.0, subcutaneous fat 0.3-0.5, lung 0.4-0.7, marrow 0.8-1.6,
   myocardium 2-8 (fasting dependent), kidneys 3-5 and bladder 10-30 (urinary excretion);
-  brain cortex 8-10, white matter 2.7-3.3, CSF 0.4-0.6 (typical adult cerebral FDG SUVs).
-- Amyloid PET (18F-florbetapir/-florbetaben, 50-70 min p.i.): white matter about twice the
-  cerebellar grey matter reference; cortical SUVR 1.0-1.15 when negative and 1.4-1.9 when
-  positive (e.g. Clark et al., JAMA 305 (2011) 275; Barthel et al., Lancet Neurol 10 (2011)
-  424).
+  brain cortex 7.5-9.5, white matter 2.7-3.2 times lower, deep grey matter like the cortex,
+  cerebellar cortex 0.75-0.9 of it, CSF 0.3-0.5 (sources in :func:`brain`).
+- Amyloid PET (18F-florbetapir/-florbetaben, 50-70 min p.i.): white matter 1.6-1.9 times the
+  cerebellar grey matter reference; cortical SUVR 0.95-1.1 when negative and, when
+  positive, 1.0-1.15 times the white matter (loss of grey-white contrast) (e.g. Clark et
+  al., JAMA 305 (2011) 275; Barthel et al., Lancet Neurol 10 (2011) 424).
 - NEMA NU 2-2018 IEC body phantom: outer D-shaped section 300 mm x 230 mm (a 150 mm half
   circle over a 140 mm x 80 mm base with 80 mm corner radius, 3 mm PMMA wall, 214 mm long with
   10 mm end walls), lung insert of 50 mm outer diameter (4 mm wall, 0.3 g/ml filling), six
@@ -326,20 +327,17 @@ def _random_field(
     shape: tuple[int, int, int],
     spacing: tuple[float, float, float],
     scale_mm: float,
-    ring: bool = False,
 ) -> np.ndarray:
     """Smooth Gaussian random field, zero mean and unit standard deviation, float32.
 
-    Low-pass (``ring=False``): white noise filtered by a Gaussian of ``scale_mm`` standard
-    deviation. Band-pass (``ring=True``): spectrum concentrated on the shell of wavelength
-    ``scale_mm`` (+-35 %), whose level sets form a labyrinth like cortical folds.
+    White noise filtered by a Gaussian of ``scale_mm`` standard deviation.
     """
     noise = rng.standard_normal(shape, dtype=np.float32)
     fz = np.fft.fftfreq(shape[0], spacing[0])[:, None, None]
     fy = np.fft.fftfreq(shape[1], spacing[1])[None, :, None]
     fx = np.fft.rfftfreq(shape[2], spacing[2])[None, None, :]
     f = np.sqrt(fz * fz + fy * fy + fx * fx) * scale_mm
-    gain = np.exp(-0.5 * ((f - 1.0) / 0.35) ** 2) if ring else np.exp(-2.0 * (np.pi * f) ** 2)
+    gain = np.exp(-2.0 * (np.pi * f) ** 2)
     out = np.fft.irfftn(np.fft.rfftn(noise) * gain, s=shape, axes=(0, 1, 2)).astype(np.float32)
     out -= out.mean()
     out /= max(float(out.std()), 1e-12)
@@ -607,34 +605,537 @@ def _finish(
 
 # --------------------------------------------------------------------------- brain
 
+_DIPLOE = _Tissue(700.0, 0.60)  # cancellous bone between the skull tables: fatty marrow
+_DURA = _Tissue(60.0, 0.20)  # falx cerebri
+_EYE = _Tissue(10.0, 0.12)  # vitreous body: water-like, dark on T1
+_SLAB_CENTRE_MM = 28.0  # head z (reference head) that a slab shorter than the head centres on
+_SULCAL_WAVES = 48  # plane waves of a sulcal field
+_CHUNK = 65536  # points per block of plane-wave evaluations
+
+_Region = tuple[slice, slice, slice]
+_Point = tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class _HeadFrame:
+    """The head's coordinate frame on the canvas.
+
+    Head coordinates (mm) have their origin at the anterior commissure, ``x`` towards the
+    patient's left, ``y`` posterior and ``z`` superior: the grid's axes turned by ``yaw_deg``
+    about z and moved to ``origin`` (grid x, y, z in mm).
+    """
+
+    canvas: _Canvas
+    origin: _Point
+    yaw_deg: float
+
+    def world(self, point: _Point) -> _Point:
+        """Grid coordinates (x, y, z in mm) of a point in head coordinates."""
+        cos, sin = math.cos(math.radians(self.yaw_deg)), math.sin(math.radians(self.yaw_deg))
+        x0, y0, z0 = self.origin
+        return (
+            x0 + cos * point[0] - sin * point[1],
+            y0 + sin * point[0] + cos * point[1],
+            z0 + point[2],
+        )
+
+    def box(self, lo: _Point, hi: _Point) -> _Region | None:
+        """Grid region (planes, rows, columns) holding a box given in head coordinates.
+
+        None when the box misses the grid.
+        """
+        corners = np.array(
+            [
+                self.world((x, y, z))
+                for x in (lo[0], hi[0])
+                for y in (lo[1], hi[1])
+                for z in (lo[2], hi[2])
+            ]
+        )
+        region = []
+        for axis, column in ((0, 2), (1, 1), (2, 0)):
+            step, coords = self.canvas.spacing[axis], self.canvas.axes[axis]
+            first = int(np.searchsorted(coords, corners[:, column].min() - step))
+            last = int(np.searchsorted(coords, corners[:, column].max() + step, side="right"))
+            if first >= last:
+                return None
+            region.append(slice(first, last))
+        return (region[0], region[1], region[2])
+
+    def coords(self, region: _Region) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Head coordinates (mm, float32) of a region's voxels.
+
+        ``x`` and ``y`` have shape ``(1, rows, columns)``, ``z`` shape ``(planes, 1, 1)``.
+        """
+        cos, sin = math.cos(math.radians(self.yaw_deg)), math.sin(math.radians(self.yaw_deg))
+        dx = self.canvas.x[:, :, region[2]] - np.float32(self.origin[0])
+        dy = self.canvas.y[:, region[1], :] - np.float32(self.origin[1])
+        lx = np.float32(cos) * dx + np.float32(sin) * dy
+        ly = np.float32(cos) * dy - np.float32(sin) * dx
+        return lx, ly, self.canvas.z[region[0]] - np.float32(self.origin[2])
+
+
+def _smooth_max(a: np.ndarray, b: np.ndarray, k: float) -> np.ndarray:
+    """Polynomial smooth maximum of two depths (their union), blended over ``k`` mm."""
+    h = np.clip(0.5 + 0.5 * (a - b) / k, 0.0, 1.0)
+    return b + h * (a - b) + k * h * (1.0 - h)
+
+
+def _lobe_depth(
+    lx: np.ndarray,
+    ly: np.ndarray,
+    lz: np.ndarray,
+    centre: _Point,
+    radii: tuple[float | np.ndarray, tuple[float, float], tuple[float, float]],
+    yaw_deg: float = 0.0,
+) -> np.ndarray:
+    """Depth (mm, negative outside) below an ellipsoid whose half-axes differ on either side.
+
+    ``radii`` is ``(x, (y anterior, y posterior), (z inferior, z superior))`` about
+    ``centre``; the lobe is turned by ``yaw_deg`` about z. All in head millimetres.
+    """
+    cos, sin = (
+        np.float32(math.cos(math.radians(yaw_deg))),
+        np.float32(math.sin(math.radians(yaw_deg))),
+    )
+    dx, dy = lx - np.float32(centre[0]), ly - np.float32(centre[1])
+    u, v = cos * dx + sin * dy, cos * dy - sin * dx
+    w = lz - np.float32(centre[2])
+    ry = np.where(v < 0, np.float32(radii[1][0]), np.float32(radii[1][1]))
+    rz = np.where(w < 0, np.float32(radii[2][0]), np.float32(radii[2][1]))
+    return _depth(u, v, w, (radii[0], ry, rz))
+
+
+def _capsule_level(
+    lx: np.ndarray,
+    ly: np.ndarray,
+    lz: np.ndarray,
+    start: _Point,
+    end: _Point,
+    radii: tuple[float, float],
+) -> np.ndarray:
+    """Level (mm, negative inside) of a capsule from ``start`` to ``end``.
+
+    Its radius tapers linearly from ``radii[0]`` to ``radii[1]``.
+    """
+    axis = np.subtract(end, start)
+    along = (axis / float(axis @ axis)).astype(np.float32)
+    dx, dy, dz = lx - np.float32(start[0]), ly - np.float32(start[1]), lz - np.float32(start[2])
+    t = np.clip(dx * along[0] + dy * along[1] + dz * along[2], 0.0, 1.0)
+    ex, ey, ez = (
+        dx - t * np.float32(axis[0]),
+        dy - t * np.float32(axis[1]),
+        dz - t * np.float32(axis[2]),
+    )
+    return np.sqrt(ex * ex + ey * ey + ez * ez) - (radii[0] + t * np.float32(radii[1] - radii[0]))
+
+
+def _slab_cover(s: np.ndarray, half_width: np.ndarray | float, width: np.ndarray) -> np.ndarray:
+    """Voxel coverage of the slab ``|s| < half_width`` (``s`` a signed distance in mm).
+
+    ``width`` is the voxel's extent along the slab normal, ``sum_i |n_i| h_i``: the first-order
+    box filter of :func:`_coverage`, evaluated for both faces at once so that slabs thinner
+    than a voxel get their true partial volume.
+    """
+    lo = np.maximum(s - half_width, -0.5 * width)
+    hi = np.minimum(s + half_width, 0.5 * width)
+    return np.clip((hi - lo) / width, 0.0, 1.0)
+
+
+def _plane_waves(
+    rng: np.random.Generator, count: int, wavelength_mm: tuple[float, float]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Random wave vectors (``(count, 3)``, z, y, x order, rad/mm) and phases, float32."""
+    direction = rng.standard_normal((count, 3))
+    direction /= np.linalg.norm(direction, axis=1, keepdims=True)
+    wavenumber = 2.0 * np.pi / rng.uniform(*wavelength_mm, size=count)
+    phase = rng.uniform(0.0, 2.0 * np.pi, size=count)
+    return (direction * wavenumber[:, None]).astype(np.float32), phase.astype(np.float32)
+
+
+def _wave_sum(
+    points: np.ndarray, waves: tuple[np.ndarray, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """A sum of plane waves and its gradient at points.
+
+    Parameters
+    ----------
+    points : numpy.ndarray
+        ``(n, 3)`` positions (z, y, x) in mm, float32.
+    waves : tuple of numpy.ndarray
+        Wave vectors and phases from :func:`_plane_waves`.
+
+    Returns
+    -------
+    value, gradient : numpy.ndarray
+        ``sum_i cos(k_i . p + phase_i) / sqrt(count / 2)`` (unit variance), shape ``(n,)``,
+        and its gradient in 1/mm, shape ``(n, 3)``.
+    """
+    vectors, phases = waves
+    norm = np.float32(math.sqrt(2.0 / len(phases)))
+    value = np.empty(len(points), np.float32)
+    grad = np.empty((len(points), 3), np.float32)
+    for start in range(0, len(points), _CHUNK):
+        block = slice(start, start + _CHUNK)
+        arg = points[block] @ vectors.T + phases
+        value[block] = np.cos(arg).sum(axis=1) * norm
+        grad[block] = (np.sin(arg) @ vectors) * -norm
+    return value, grad
+
+
+def _variation(
+    rng: np.random.Generator,
+    lx: np.ndarray,
+    ly: np.ndarray,
+    lz: np.ndarray,
+    wavelength_mm: tuple[float, float],
+    count: int = 4,
+) -> np.ndarray:
+    """Smooth random field of unit variance on a region (sum of ``count`` plane waves)."""
+    vectors, phases = _plane_waves(rng, count, wavelength_mm)
+    out = np.zeros(np.broadcast_shapes(lx.shape, lz.shape), np.float32)
+    for (kz, ky, kx), phase in zip(vectors, phases, strict=True):
+        out += np.cos(kx * lx + ky * ly + (kz * lz + phase))
+    return out * np.float32(math.sqrt(2.0 / count))
+
+
+def _grad_mm(level: np.ndarray, spacing: tuple[float, float, float]) -> list[np.ndarray]:
+    """Gradient of a volume per mm along (z, y, x); zero along unresolved (length-1) axes."""
+    return [
+        np.gradient(level, axis=axis) / np.float32(spacing[axis])
+        if level.shape[axis] > 1
+        else np.zeros_like(level)
+        for axis in range(3)
+    ]
+
+
+def _brain_uptake(rng: np.random.Generator, tracer: str) -> dict[str, float]:
+    """Uptake (SUVbw) of the head's tissues for one tracer; sources in :func:`brain`."""
+    if tracer == "FDG":
+        grey = rng.uniform(7.5, 9.5)
+        white = grey / rng.uniform(2.7, 3.2)
+        return {
+            "grey": grey,
+            "white": white,
+            "deep": grey * rng.uniform(0.9, 1.05),
+            "cerebellum": grey * rng.uniform(0.75, 0.9),
+            "stem": white * rng.uniform(1.2, 1.5),
+            "csf": rng.uniform(0.3, 0.5),
+            "scalp": rng.uniform(0.8, 1.2),
+            "skull": rng.uniform(0.4, 0.6),
+            "eye": rng.uniform(0.4, 0.8),
+        }
+    reference = rng.uniform(1.0, 1.4)  # cerebellar grey matter
+    white = reference * rng.uniform(1.6, 1.9)
+    positive = tracer == "amyloid+"
+    grey = white * rng.uniform(1.0, 1.15) if positive else reference * rng.uniform(0.95, 1.1)
+    return {
+        "grey": grey,
+        "white": white,
+        "deep": 0.9 * grey if positive else 1.3 * reference,
+        "cerebellum": reference,
+        "stem": white,
+        "csf": 0.3 * reference,
+        "scalp": 0.6 * reference,
+        "skull": 0.4 * reference,
+        "eye": 0.4 * reference,
+    }
+
+
+def _brain_surfaces(
+    lx: np.ndarray, ly: np.ndarray, lz: np.ndarray, k: float, size: dict[str, float]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Depths (mm) below the cerebral envelope, the cerebellum and the brainstem.
+
+    The cerebrum is an egg-shaped ellipsoid (wider posteriorly, 20 mm deep below the origin)
+    joined smoothly to the orbital surface of the frontal lobes (down to 22 mm below the
+    origin) and to two temporal lobes (down to 40 mm); the cerebellum two hemispheres and
+    the vermis; the brainstem the midbrain, the pons and the medulla tapering into the cord.
+    Sizes in ``size`` (mm) and positions scaled by ``k`` (head size).
+    """
+    widen = 1.0 + 0.05 * np.tanh((ly - 12.0 * k) / (40.0 * k))
+    cerebrum = _lobe_depth(
+        lx,
+        ly,
+        lz,
+        (0.0, 12.0 * k, 2.0 * k),
+        (size["half_width"] * widen, (size["front"], size["back"]), (20.0 * k, size["top"])),
+    )
+    orbital = _lobe_depth(
+        lx,
+        ly,
+        lz,
+        (0.0, -30.0 * k, -6.0 * k),
+        (44.0 * k, (36.0 * k, 30.0 * k), (16.0 * k, 16.0 * k)),
+    )
+    cerebrum = _smooth_max(cerebrum, orbital, 8.0 * k)
+    for side in (-1.0, 1.0):
+        temporal = _lobe_depth(
+            lx,
+            ly,
+            lz,
+            (side * 44.0 * k, 6.0 * k, -16.0 * k),
+            (24.0 * k, (38.0 * k, 42.0 * k), (24.0 * k, 20.0 * k)),
+            -12.0 * side,
+        )
+        cerebrum = _smooth_max(cerebrum, temporal, 10.0 * k)
+    cerebellum = _lobe_depth(
+        lx,
+        ly,
+        lz,
+        (0.0, 58.0 * k, -26.0 * k),
+        (10.0 * k, (24.0 * k, 24.0 * k), (20.0 * k, 19.0 * k)),
+    )
+    for side in (-1.0, 1.0):
+        hemisphere = _lobe_depth(
+            lx,
+            ly,
+            lz,
+            (side * 24.0 * k, 60.0 * k, -32.0 * k),
+            (30.0 * k, (22.0 * k, 25.0 * k), (20.0 * k, 20.0 * k)),
+            20.0 * side,
+        )
+        cerebellum = _smooth_max(cerebellum, hemisphere, 6.0 * k)
+    stem = _smooth_max(
+        _lobe_depth(
+            lx,
+            ly,
+            lz,
+            (0.0, 20.0 * k, -8.0 * k),
+            (13.0 * k, (11.0 * k, 11.0 * k), (10.0 * k, 10.0 * k)),
+        ),
+        _lobe_depth(
+            lx,
+            ly,
+            lz,
+            (0.0, 16.0 * k, -30.0 * k),
+            (15.0 * k, (13.0 * k, 12.0 * k), (14.0 * k, 14.0 * k)),
+        ),
+        6.0 * k,
+    )
+    medulla = _capsule_level(
+        lx, ly, lz, (0.0, 24.0 * k, -40.0 * k), (0.0, 30.0 * k, -95.0 * k), (9.0 * k, 7.0 * k)
+    )
+    stem = _smooth_max(stem, -medulla, 5.0 * k)
+    return cerebrum, np.minimum(cerebellum, -stem - 1.5 * k), stem
+
+
+@dataclass(frozen=True)
+class _Folding:
+    """How a cortex folds (:func:`_folds`); lengths in mm.
+
+    Attributes
+    ----------
+    wavelength_mm : tuple of float
+        Range of the wavelengths of the plane waves whose zero set forms the sulci.
+    depth_mm : tuple of float
+        Mean and amplitude of the sulcal depth, which varies smoothly over the surface.
+    half_width_mm, opening_mm : float
+        Half-width of the CSF in a sulcus, and its extra half-width at the surface (the
+        sulcus widens over its outer 6 mm).
+    ribbon_mm : float
+        Cortical thickness.
+    projection : float
+        Fraction of its depth by which a point is moved onto the surface before the sulcal
+        field is evaluated: 1 makes the sulci planes normal to the surface, less lets them
+        tilt and bend.
+    """
+
+    wavelength_mm: tuple[float, float]
+    depth_mm: tuple[float, float]
+    half_width_mm: float
+    opening_mm: float
+    ribbon_mm: float
+    projection: float
+
+
+def _folds(
+    canvas: _Canvas,
+    region: _Region,
+    depth: np.ndarray,
+    rng: np.random.Generator,
+    folding: _Folding,
+) -> tuple[tuple[np.ndarray, ...], np.ndarray, np.ndarray, np.ndarray]:
+    """Sulcal CSF and the grey matter lining the sulci of a folded cortex.
+
+    Sulci are sheets (nearly) normal to the surface: the zero set of a sum of 48 plane waves
+    evaluated at each voxel's projection ``p - projection * depth * n`` towards the surface
+    (``n`` the unit gradient of ``depth``), down to a sulcal depth that varies smoothly over
+    the surface (a second field of 60-120 mm wavelength). The signed distance to a sheet is
+    the field over its gradient (the part along ``n`` reduced by the projection). The CSF in
+    a sulcus is a slab with its exact partial volume (:func:`_slab_cover`), never a full
+    voxel for sulci narrower than one; grey matter lines it ``ribbon_mm`` deep on both sides
+    and around its fundus. Sheets leaning more than about 45 degrees away from the surface
+    normal fade out, so that no sulcus runs parallel to the cortex.
+
+    Parameters
+    ----------
+    canvas, region : _Canvas, tuple of slice
+        The grid and the region ``depth`` covers.
+    depth : numpy.ndarray
+        Depth (mm) below the cortical surface on the region.
+    rng : numpy.random.Generator
+        Draws the sulcal pattern and depth.
+    folding : _Folding
+        Sizes.
+
+    Returns
+    -------
+    index : tuple of numpy.ndarray
+        Region indices of the voxels near the surface where the sulci are evaluated.
+    h, csf, grey : numpy.ndarray
+        Their depth (mm) and the coverages of sulcal CSF and of sulcal grey matter.
+    """
+    waves = _plane_waves(rng, _SULCAL_WAVES, folding.wavelength_mm)
+    depth_waves = _plane_waves(rng, 8, (60.0, 120.0))
+    mean, amplitude = folding.depth_mm
+    ribbon = folding.ribbon_mm
+    index = np.nonzero((depth > -1.5) & (depth < mean + amplitude + ribbon + 4.0))
+    h = depth[index]
+    normal = np.stack([g[index] for g in _grad_mm(depth, canvas.spacing)], axis=1)
+    normal /= np.maximum(np.linalg.norm(normal, axis=1, keepdims=True), 1e-6)
+    point = np.stack(
+        [canvas.axes[axis][region[axis]][index[axis]] for axis in range(3)], axis=1
+    ).astype(np.float32)
+    surface = point - (folding.projection * h)[:, None] * normal
+    field, grad = _wave_sum(surface, waves)
+    grad -= folding.projection * np.sum(grad * normal, axis=1, keepdims=True) * normal
+    slope = np.maximum(np.linalg.norm(grad, axis=1), 1e-4)
+    s = np.clip(field / slope, -30.0, 30.0)
+    width = np.abs(grad / slope[:, None]) @ np.array(canvas.spacing, np.float32)
+    fundus = mean + amplitude * np.tanh(_wave_sum(surface, depth_waves)[0])
+    # Sheets leaning 37-58 degrees or more away from the surface normal fade out: sulci do
+    # not run parallel to the cortex.
+    tilt = np.abs(np.sum(grad * normal, axis=1)) / slope
+    fundus *= np.clip((0.85 - tilt) / 0.25, 0.0, 1.0)
+    half_width = folding.half_width_mm + folding.opening_mm * np.clip(1.0 - h / 6.0, 0.0, 1.0)
+    csf = _slab_cover(s, half_width, width) * np.clip(0.5 - (h - fundus) / width, 0.0, 1.0)
+    csf *= np.clip(0.5 + (h + 1.0) / width, 0.0, 1.0)
+    below = np.maximum(h - fundus, 0.0)
+    grey = np.clip(0.5 - (np.sqrt(s * s + below * below) - half_width - ribbon) / width, 0, 1)
+    return index, h, csf, grey
+
+
+def _sylvian(
+    canvas: _Canvas,
+    coords: tuple[np.ndarray, np.ndarray, np.ndarray],
+    index: tuple[np.ndarray, ...],
+    h: np.ndarray,
+    k: float,
+    half_width: float,
+    ribbon: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """CSF and grey matter coverage of the Sylvian fissures at the voxels ``index``.
+
+    Each fissure is a stem running in from the lateral surface, over the temporal lobe
+    (3 mm below the origin at the insula's centre, rising backwards by 35 % and outwards by
+    15 %, with a 2.5 mm undulation), to the insula, whose lateral face (an arc 38-42 mm from
+    the midline, 48 mm long, 22 mm high) it then covers. Sheet normals are taken along the
+    head axes.
+    """
+    lx, ly, lz = coords
+    ax = np.abs(lx[0, index[1], index[2]])
+    ay = ly[0, index[1], index[2]] - 6.0 * k
+    face = k * (38.0 + 4.0 * np.clip(1.0 - (ay / (24.0 * k)) ** 2, 0.0, 1.0))
+    dz = lz[index[0], 0, 0] + 3.0 * k - 0.35 * ay - 0.15 * (ax - face)
+    dz += (
+        2.5
+        * k
+        * np.sin(ax * np.float32(2 * np.pi / (30.0 * k)))
+        * np.cos(ay * np.float32(2 * np.pi / (40.0 * k)))
+    )
+    stem_s, stem_over = dz / np.float32(math.hypot(1.0, 0.35)), face - ax
+    face_s, face_over = ax - face, np.maximum(-8.0 * k - dz, dz - 14.0 * k)
+    use_stem = np.hypot(stem_s, np.maximum(stem_over, 0)) <= np.hypot(
+        face_s, np.maximum(face_over, 0)
+    )
+    s = np.where(use_stem, stem_s, face_s)
+    over = np.where(use_stem, stem_over, face_over)
+    over_y = np.abs(ay) - 24.0 * k
+    hz, hy, hx = canvas.spacing
+    width = np.where(use_stem, 0.94 * hz + 0.33 * hy, hx)
+    edge = np.clip(0.5 - np.maximum(over, over_y) / width, 0.0, 1.0)
+    csf = _slab_cover(s, half_width, width) * edge * np.clip(0.5 + (h + 1.0) / width, 0, 1)
+    reach = np.sqrt(s * s + np.maximum(over, 0) ** 2 + np.maximum(over_y, 0) ** 2)
+    grey = np.clip(0.5 - (reach - half_width - ribbon) / width, 0.0, 1.0)
+    return csf, grey
+
+
+def _scatter(
+    shape: tuple[int, ...], index: tuple[np.ndarray, ...], values: np.ndarray
+) -> np.ndarray:
+    """A float32 volume of ``shape``: ``values`` at ``index``, zero elsewhere."""
+    out = np.zeros(shape, np.float32)
+    out[index] = values
+    return out
+
 
 def brain(geometry: ImageGeometry, seed: int, tracer: str = "FDG") -> Phantom:
     """A random adult head: scalp, skull, CSF, folded cortex, white and deep grey matter.
 
-    The cerebrum is an ellipsoid (flatter below) with a cortical ribbon 2.5-3.2 mm thick whose
-    gyri and sulci follow the level sets of a band-passed 3D random field (22 mm wavelength),
-    an interhemispheric fissure down to the corpus callosum, lateral and third ventricles,
-    caudate, putamen and thalamus, a cerebellum with a white matter core, the brainstem and
-    the neck. Atrophy (sulcal and subarachnoid CSF, ventricle size) grows with the drawn age.
-    The vertex is placed near the top plane; slabs shorter than the head cover its middle.
+    Anatomy, in head coordinates (origin at the anterior commissure, ``x`` left, ``y``
+    posterior, ``z`` superior) of an adult male head scaled by 0.87-1.05:
+
+    - Cerebrum: an egg-shaped envelope (136 mm wide, 168 mm long, 72 mm above and 20 mm
+      below the origin) joined to the orbital surface of the frontal lobes (22 mm below) and
+      to two temporal lobes (40 mm below), split into hemispheres by the interhemispheric
+      fissure (CSF 2.2-3 mm wide, with the falx) which reaches the corpus callosum centrally
+      and the base of the brain in front of and behind it (:func:`_paint_cerebrum`).
+    - Cortex: a grey matter ribbon 2.6-3.1 mm thick (the 2.5 mm average of Fischl and Dale,
+      PNAS 97 (2000) 11050) along the outer and medial surfaces and along both walls of the
+      sulci, CSF clefts 0.5-0.9 mm wide (up to 2 mm with atrophy, wider at the surface)
+      running 10-20 mm in from the surface (:func:`_folds`), and the Sylvian fissures over
+      the insulae (:func:`_sylvian`); white matter fills the hemispheres' cores and reaches
+      into the gyri. At 2 mm voxels the cortex is a convoluted band 10-20 mm deep.
+    - Deep grey matter: caudate (head beside the frontal horn, body along the ventricle),
+      putamen and pallidum lateral to the internal capsule, thalamus medial and posterior.
+    - Ventricles: lateral ventricles (frontal horns, bodies, atria, occipital and temporal
+      horns, the two kept 2.4 mm apart by the septum), third and fourth ventricle
+      (:func:`_paint_deep`).
+    - Cerebellum (finely folded cortex around a white matter core) and brainstem below the
+      tentorium, behind and between the temporal lobes; cisterns around the brainstem and
+      above the sella (:func:`_paint_hindbrain`).
+    - Extra-axial CSF (2-3 mm), skull (5-8 mm, with diploe) and scalp (4-7 mm); below the
+      skull base the face with the eyes in orbital fat (:func:`_paint_exterior`).
+    - Atrophy grows with the drawn age from 50 to 85 years: wider sulci, fissures and
+      extra-axial CSF, ventricles up to 1.7 times larger, a 10 % thinner cortex.
+
+    The slab: its top plane lies 0-10 mm below the top of the scalp when that puts the slab
+    centre at most 28 mm (scaled) above the origin, i.e. for slabs longer than about 120 mm
+    (128 mm: from the vertex down to the lower cerebellum, the temporal lobes' base and the
+    orbits); shorter slabs are centred 28 mm above the origin, on the basal ganglia and the
+    lateral ventricles.
 
     Parameters
     ----------
     geometry : ImageGeometry
-        Grid; a field of view of at least 220 mm holds the whole head.
+        Grid; a field of view of at least 230 mm holds the whole head.
     seed : int
         Seed of :func:`numpy.random.default_rng`: anatomy, uptake and lesions.
     tracer : {"FDG", "amyloid+", "amyloid-"}
-        FDG: grey matter SUV 8-10, white matter 2.7-3.3, CSF 0.4-0.6, scalp 0.8-1.2, and
-        1-2 hypometabolic cortical regions (30-50 % reduction). Amyloid: cerebellar grey
-        matter 1.0-1.4 (the reference), white matter 2.0-2.4 times that, cortical SUVR
-        1.4-1.9 with +-10 % regional variation when positive, 1.0-1.15 when negative.
+        FDG (60 min p.i.): cortex SUV 7.5-9.5 and white matter 2.7-3.2 times lower (Huang et
+        al., Am J Physiol 238 (1980) E69 measured 7.3 and 3.4 mg/min/100 g, a ratio of 2.1
+        lowered by the partial volume of their scanner; at 2 mm voxels the medians of the
+        labelled voxels give 2.1-2.4), deep grey matter 0.9-1.05 and cerebellar cortex
+        0.75-0.9 times the cortex (Wang et al., Mol Imaging Biol 9 (2007) 83: cerebellum
+        SUVmean 8.0 +- 2.2), brainstem 1.2-1.5 times white matter, CSF 0.3-0.5 (no uptake
+        of its own), scalp 0.8-1.2; a +-6 % regional variation of the cortex and 1-2
+        hypometabolic cortical regions (30-50 % reduction). Amyloid (18F-florbetapir or
+        -florbetaben, 50-70 min p.i.): cerebellar grey matter SUV 1.0-1.4 (the reference),
+        white matter 1.6-1.9 times that; negative: cortex 0.95-1.1 (white matter 1.5-2
+        times the cortex, the "white matter pattern"); positive: cortex 1.0-1.15 times the
+        white matter, i.e. SUVR 1.6-2.2, with +-10 % regional variation: the loss of
+        grey-white contrast that makes a scan positive (Clark et al., JAMA 305 (2011) 275;
+        Barthel et al., Lancet Neurol 10 (2011) 424).
 
     Returns
     -------
     Phantom
         With 1-3 hot lesions (4-15 mm, 1.5-3 times the host tissue) in grey, white or deep
-        grey matter.
+        grey matter. Labels: cortex ``GREY_MATTER`` (sulci covering less than half a voxel
+        stay grey matter), ``WHITE_MATTER`` (with the cerebellar core and the brainstem),
+        ``CEREBELLUM`` (cerebellar cortex), ``DEEP_GREY``, ``CSF``, ``SKULL``,
+        ``SOFT_TISSUE`` (scalp, face, eyes), ``FAT`` (orbits).
     """
     if tracer not in BRAIN_TRACERS:
         raise ValueError(f"tracer must be one of {BRAIN_TRACERS}, got {tracer!r}")
@@ -642,129 +1143,355 @@ def brain(geometry: ImageGeometry, seed: int, tracer: str = "FDG") -> Phantom:
     info: dict[str, Any] = {"family": "brain", "seed": seed, "tracer": tracer}
     info.update(_draw_patient(rng, None, None))
     atrophy = float(np.clip((info["age"] - 50) / 35.0, 0.0, 1.0))
+    suv = _brain_uptake(rng, tracer)
+    info["amyloid_status"] = None
+    if tracer != "FDG":
+        info["amyloid_status"] = "positive" if tracer == "amyloid+" else "negative"
+        info["cortical_suvr"] = float(suv["grey"] / suv["cerebellum"])
     canvas = _Canvas(geometry)
-    shape, spacing = geometry.shape, canvas.spacing
 
-    # Uptake (SUVbw).
-    if tracer == "FDG":
-        gm = rng.uniform(8.0, 10.0)
-        wm, csf, scalp = rng.uniform(2.7, 3.3), rng.uniform(0.4, 0.6), rng.uniform(0.8, 1.2)
-        deep, cerebellum, skull = gm * rng.uniform(0.9, 1.05), gm * rng.uniform(0.75, 0.9), 0.5
-        info["amyloid_status"] = None
-    else:
-        cerebellum = rng.uniform(1.0, 1.4)
-        wm = cerebellum * rng.uniform(2.0, 2.4)
-        positive = tracer == "amyloid+"
-        suvr = rng.uniform(1.4, 1.9) if positive else rng.uniform(1.0, 1.15)
-        gm = cerebellum * suvr
-        deep = cerebellum * (1.5 if positive else 1.2)
-        csf, scalp, skull = 0.3 * cerebellum, 0.6 * cerebellum, 0.4 * cerebellum
-        info["amyloid_status"] = "positive" if positive else "negative"
-        info["cortical_suvr"] = float(suvr)
-
-    # Pose and size.
-    k = rng.uniform(0.92, 1.05) * (0.96 if info["sex"] == "F" else 1.0)
-    a, b = 68.0 * k * rng.uniform(0.97, 1.03), 84.0 * k * rng.uniform(0.97, 1.03)
-    c_up, c_down = 62.0 * k * rng.uniform(0.97, 1.03), 45.0 * k
-    t_csf = rng.uniform(1.0, 2.0) + 1.5 * atrophy
-    t_skull, t_scalp = rng.uniform(5.0, 8.0), rng.uniform(4.0, 7.0)
+    # Size, pose and the part of the head the slab covers.
+    k = rng.uniform(0.92, 1.05) * (0.95 if info["sex"] == "F" else 1.0)
+    jitter = [float(v) for v in rng.uniform(0.96, 1.04, size=3)]
+    size = {
+        "half_width": 68.0 * k * jitter[0],
+        "front": 80.0 * k * jitter[1],
+        "back": 88.0 * k * jitter[1],
+        "top": 72.0 * k * jitter[2],
+    }
+    thickness = (  # extra-axial CSF, skull, scalp
+        rng.uniform(2.0, 3.0) + 2.0 * atrophy,
+        rng.uniform(5.0, 8.0),
+        rng.uniform(4.0, 7.0),
+    )
+    outer = sum(thickness)
+    vertex = 2.0 * k + size["top"] + outer
     half = geometry.n_planes * geometry.plane_mm / 2.0
-    z0 = max(half - (c_up + t_csf + t_skull + t_scalp) - rng.uniform(0.0, 15.0), -half / 2.0)
-    x0, y0 = rng.uniform(-5.0, 5.0), rng.uniform(0.0, 10.0)
+    centre = min(vertex - rng.uniform(0.0, 10.0) - half, _SLAB_CENTRE_MM * k)
     yaw = float(np.clip(rng.normal(0.0, 4.0), -10.0, 10.0))
-    cos, sin = math.cos(math.radians(yaw)), math.sin(math.radians(yaw))
-    dx, dy = canvas.x - x0, canvas.y - y0
-    lx, ly, lz = cos * dx + sin * dy, cos * dy - sin * dx, canvas.z - z0  # head frame
-
-    def world(px: float, py: float, pz: float) -> tuple[float, float, float]:
-        return (x0 + cos * px - sin * py, y0 + sin * px + cos * py, z0 + pz)
-
-    # Depths below the cerebrum, cerebellum and intracranial surfaces (mm, positive inside).
-    c_cerebrum = np.where(lz > 0, np.float32(c_up), np.float32(c_down))
-    d_cerebrum = _depth(lx, ly, lz, (a, b, c_cerebrum))
-    cb_y, cb_z, cb_r = 40.0 * k, -38.0 * k, (52.0 * k, 32.0 * k, 24.0 * k)
-    d_cerebellum = _depth(lx, ly - cb_y, lz - cb_z, cb_r)
-    d_cranium = np.maximum(d_cerebrum, d_cerebellum)
-
-    # Scalp and neck, skull, CSF.
-    neck = _superellipse_level(lx, ly - 12.0 * k, 55.0 * k, 68.0 * k, 2.0)
-    canvas.paint(Label.SOFT_TISSUE, _SOFT, scalp, neck, lz + 30.0 * k)
-    outer = t_csf + t_skull + t_scalp
-    canvas.paint(Label.SOFT_TISSUE, _SCALP, scalp, -(d_cranium + outer))
-    canvas.paint(Label.SKULL, _SKULL, skull, -(d_cranium + t_csf + t_skull))
-    canvas.paint(Label.CSF, _CSF, csf, -(d_cranium + t_csf))
-
-    # Cortex: depth below the outer surface or the interhemispheric fissure, which reaches
-    # the corpus callosum centrally and splits the frontal and occipital poles completely.
-    floor = 18.0 * k - 70.0 * k * _smoothstep((np.abs(ly) - 40.0 * k) / (25.0 * k))
-    d_fissure = np.abs(lx) - 1.0 + np.maximum(floor - lz, 0.0)
-    d_cortex = np.minimum(d_cerebrum, d_fissure)
-    # Sulci lie on the zero surfaces of a band-passed random field: CSF where |field| < 0.15
-    # (about 1.5 mm wide, wider with atrophy) down to the sulcal depth, grey matter lining
-    # them where |field| < 0.8 and over the crowns, white matter in the gyral cores.
-    folds = np.abs(_random_field(rng, shape, spacing, 22.0, ring=True))
-    sulcus_depth = rng.uniform(12.0, 20.0) * (1.0 + 0.3 * atrophy)
-    ribbon = rng.uniform(2.5, 3.2)
-    csf_width = 0.15 + 0.1 * atrophy
-    pial = sulcus_depth * _smoothstep((csf_width - folds) / (0.5 * csf_width))
-    white = ribbon + (sulcus_depth + ribbon) * _smoothstep(1.0 - folds / 0.8)
-    gm_suv = np.full(shape, gm, np.float32)
+    frame = _HeadFrame(canvas, (rng.uniform(-5.0, 5.0), rng.uniform(-12.0, -2.0), -centre), yaw)
+    reach = size["half_width"] * 1.06 + outer + 4.0
+    front = min(12.0 * k - size["front"] - outer, -83.0 * k) - 4.0  # forehead or face
+    back = max(12.0 * k + size["back"] + outer, 93.0 * k) + 4.0
+    region = frame.box((-reach, front, -110.0 * k), (reach, back, vertex + 4.0))
     info["hypometabolic"] = []
-    if tracer == "FDG":
-        for _ in range(int(rng.integers(1, 3))):
-            cos_t = rng.uniform(-0.2, 0.8)
-            phi = rng.uniform(0.0, 2 * np.pi)
-            sin_t = math.sqrt(1.0 - cos_t * cos_t)
-            local = (0.85 * a * sin_t * math.cos(phi), 0.85 * b * sin_t * math.sin(phi))
-            centre = world(local[0], local[1], 0.85 * c_up * cos_t)
-            radius, reduction = rng.uniform(20.0, 35.0), rng.uniform(0.3, 0.5)
-            dist2 = (
-                (canvas.x - centre[0]) ** 2
-                + (canvas.y - centre[1]) ** 2
-                + (canvas.z - centre[2]) ** 2
-            )
-            gm_suv *= 1.0 - reduction / (1.0 + (dist2 / radius**2) ** 3)
-            info["hypometabolic"].append(
-                {"centre_mm": centre, "radius_mm": float(radius), "reduction": float(reduction)}
-            )
-    elif tracer == "amyloid+":
-        gm_suv *= 1.0 + 0.1 * _random_field(rng, shape, spacing, 15.0)
-    canvas.paint(Label.GREY_MATTER, _GM, gm_suv, pial - d_cortex)
-    canvas.paint(Label.WHITE_MATTER, _WM, wm, white - d_cortex)
-
-    # Cerebellum with its white matter core, brainstem.
-    canvas.paint(Label.CEREBELLUM, _GM, cerebellum, -d_cerebellum)
-    core = (0.45 * cb_r[0], 0.4 * cb_r[1], 0.4 * cb_r[2])
-    canvas.paint_ellipsoid(world(0.0, cb_y, cb_z), core, Label.WHITE_MATTER, _WM, wm, yaw)
-    stem = _superellipse_level(lx, ly - 18.0 * k, 13.0 * k, 11.0 * k, 2.0)
-    canvas.paint(Label.WHITE_MATTER, _WM, 1.3 * wm, stem, lz + 10.0 * k)
-
-    # Deep grey matter, then the ventricles.
-    for px, py, pz, radii in (
-        (13.0, -14.0, 12.0, (5.0, 12.0, 9.0)),  # caudate head
-        (24.0, -2.0, 2.0, (6.0, 16.0, 11.0)),  # putamen
-        (10.0, 14.0, 4.0, (9.0, 13.0, 9.0)),  # thalamus
-    ):
-        for side in (-1.0, 1.0):
-            scaled = (radii[0] * k, radii[1] * k, radii[2] * k)
-            centre = world(side * px * k, py * k, pz * k)
-            canvas.paint_ellipsoid(centre, scaled, Label.DEEP_GREY, _DEEP_GM, deep, yaw)
-    vent = (1.0 + 0.6 * atrophy) * rng.uniform(0.8, 1.2)
-    for side in (-1.0, 1.0):
-        centre = world(side * 9.0 * k, 2.0 * k, 14.0 * k)
-        radii = (4.0 * k * vent, 28.0 * k, 7.0 * k * vent)
-        canvas.paint_ellipsoid(centre, radii, Label.CSF, _CSF, csf, yaw - side * 8.0)
-    third = (1.5 * k * vent, 12.0 * k, 7.0 * k)
-    canvas.paint_ellipsoid(world(0.0, 8.0 * k, 2.0 * k), third, Label.CSF, _CSF, csf, yaw)
+    if region is None:  # the slab misses the head
+        info["lesions"] = []
+        return _finish(canvas, rng, info, texture=0.05)
+    coords = frame.coords(region)
+    cerebrum, cerebellum, stem = _brain_surfaces(*coords, k, size)
+    _paint_exterior(canvas, frame, region, (cerebrum, cerebellum, stem), k, suv, thickness)
+    grey = _grey_uptake(rng, frame, coords, k, size, suv["grey"], tracer, info)
+    _paint_cerebrum(
+        canvas, region, coords, (cerebrum, cerebellum, stem), rng, k, atrophy, suv, grey
+    )
+    _paint_hindbrain(canvas, region, (cerebellum, stem), rng, k, suv)
+    _paint_deep(canvas, frame, rng, k, atrophy, suv)
 
     hosts = {
-        Label.GREY_MATTER: ("grey matter", gm),
-        Label.WHITE_MATTER: ("white matter", wm),
-        Label.DEEP_GREY: ("deep grey matter", deep),
+        Label.GREY_MATTER: ("grey matter", suv["grey"]),
+        Label.WHITE_MATTER: ("white matter", suv["white"]),
+        Label.DEEP_GREY: ("deep grey matter", suv["deep"]),
     }
     count = int(rng.integers(1, 4))
     info["lesions"] = _place_lesions(canvas, rng, count, hosts, (4.0, 15.0), (1.5, 3.0))
     return _finish(canvas, rng, info, texture=0.05)
+
+
+def _paint_exterior(
+    canvas: _Canvas,
+    frame: _HeadFrame,
+    region: _Region,
+    surfaces: tuple[np.ndarray, np.ndarray, np.ndarray],
+    k: float,
+    suv: dict[str, float],
+    thickness: tuple[float, float, float],
+) -> None:
+    """Paint the lower head and face, scalp, orbits and eyes, skull and extra-axial CSF.
+
+    The intracranial space follows the cerebrum, cerebellum and brainstem (with 3 mm of
+    cisterns) at ``thickness[0]`` mm, so that bone fills the concave skull base between the
+    temporal lobes, the brainstem and the cerebellum; the skull (``thickness[1]``) has a
+    diploe between 1.8 mm thick tables, the scalp is ``thickness[2]`` thick. Below the skull
+    base the lower head and face are soft tissue, with the eyes in orbital fat.
+    """
+    lx, ly, lz = frame.coords(region)
+    cerebrum, cerebellum, stem = surfaces
+    csf, skull, scalp = thickness
+    cranium = _smooth_max(_smooth_max(cerebrum, cerebellum, 4.0 * k), stem + 3.0 * k, 4.0 * k)
+    lower = 60.0 * k * _superellipse_level(lx, ly - 5.0 * k, 64.0 * k, 88.0 * k, 3.0)
+    lower = np.maximum(lower, lz + 20.0 * k)
+    canvas.fill(Label.SOFT_TISSUE, _SOFT, suv["scalp"], _coverage(lower), region)
+    outer = cranium + csf + skull + scalp
+    canvas.fill(Label.SOFT_TISSUE, _SCALP, suv["scalp"], _coverage(-outer), region)
+    for side in (-1.0, 1.0):
+        canvas.paint_ellipsoid(
+            frame.world((side * 29.0 * k, -58.0 * k, -32.0 * k)),
+            (16.0 * k, 22.0 * k, 15.0 * k),
+            Label.FAT,
+            _FAT,
+            0.4 * suv["scalp"],
+            frame.yaw_deg + 15.0 * side,
+        )
+        canvas.paint_ellipsoid(
+            frame.world((side * 32.0 * k, -65.0 * k, -32.0 * k)),
+            (12.0 * k,) * 3,
+            Label.SOFT_TISSUE,
+            _EYE,
+            suv["eye"],
+        )
+    inner = cranium + csf
+    canvas.fill(Label.SKULL, _SKULL, suv["skull"], _coverage(-(inner + skull)), region)
+    diploe = _coverage(1.8 - inner - skull, inner + 1.8)
+    canvas.fill(Label.SKULL, _DIPLOE, suv["skull"], diploe, region)
+    canvas.fill(Label.CSF, _CSF, suv["csf"], _coverage(-inner), region)
+    canal = _capsule_level(
+        lx, ly, lz, (0.0, 26.0 * k, -44.0 * k), (0.0, 34.0 * k, -200.0 * k), (10.0 * k, 10.0 * k)
+    )
+    canvas.fill(Label.CSF, _CSF, suv["csf"], _coverage(canal), region)
+
+
+def _grey_uptake(
+    rng: np.random.Generator,
+    frame: _HeadFrame,
+    coords: tuple[np.ndarray, np.ndarray, np.ndarray],
+    k: float,
+    size: dict[str, float],
+    grey: float,
+    tracer: str,
+    info: dict[str, Any],
+) -> np.ndarray:
+    """Cortical uptake on a region: regional variation and FDG hypometabolism.
+
+    FDG: +-6 % variation over 60-120 mm and 1-2 regions of 20-35 mm radius on the convexity
+    with 30-50 % less uptake (``info["hypometabolic"]``); amyloid-positive: +-10 % over
+    30-60 mm; amyloid-negative: uniform.
+    """
+    lx, ly, lz = coords
+    out = np.full(np.broadcast_shapes(lx.shape, lz.shape), grey, np.float32)
+    if tracer == "FDG":
+        out *= 1.0 + 0.06 * _variation(rng, lx, ly, lz, (60.0, 120.0))
+        for _ in range(int(rng.integers(1, 3))):
+            cos_t = rng.uniform(-0.2, 0.8)
+            phi = rng.uniform(0.0, 2 * np.pi)
+            sin_t = math.sqrt(1.0 - cos_t * cos_t)
+            local = (
+                0.85 * size["half_width"] * sin_t * math.cos(phi),
+                12.0 * k + 0.85 * size["back" if phi < np.pi else "front"] * sin_t * math.sin(phi),
+                2.0 * k + 0.85 * size["top"] * cos_t,
+            )
+            radius, reduction = rng.uniform(20.0, 35.0), rng.uniform(0.3, 0.5)
+            dist2 = (lx - local[0]) ** 2 + (ly - local[1]) ** 2 + (lz - local[2]) ** 2
+            out *= 1.0 - reduction / (1.0 + (dist2 / radius**2) ** 3)
+            info["hypometabolic"].append(
+                {
+                    "centre_mm": frame.world(local),
+                    "radius_mm": float(radius),
+                    "reduction": float(reduction),
+                }
+            )
+    elif tracer == "amyloid+":
+        out *= 1.0 + 0.1 * _variation(rng, lx, ly, lz, (30.0, 60.0), count=6)
+    return out
+
+
+def _paint_cerebrum(
+    canvas: _Canvas,
+    region: _Region,
+    coords: tuple[np.ndarray, np.ndarray, np.ndarray],
+    surfaces: tuple[np.ndarray, np.ndarray, np.ndarray],
+    rng: np.random.Generator,
+    k: float,
+    atrophy: float,
+    suv: dict[str, float],
+    grey: np.ndarray,
+) -> None:
+    """Paint the cerebral hemispheres: cortex, white matter, fissures and sulci.
+
+    The cerebral envelope is kept 2.5 mm from the cerebellum (tentorium) and 3 mm from the
+    brainstem below the diencephalon (ambient and prepontine cisterns), and the suprasellar
+    cistern is cut out. The interhemispheric fissure (CSF 2.2-3 mm wide, 2 mm more at 85
+    years, with a 0.8 mm falx) reaches down to the corpus callosum (28 mm above the origin)
+    for 34 mm either side of it and through the whole brain in front and behind. The
+    hemispheres are grey matter within the cortical thickness (2.6-3.1 mm) of their outer or
+    medial surface, of a sulcus (:func:`_folds`: 20-26 mm wavelength, 15 +- 4.5 mm deep,
+    0.5-0.9 mm wide, 1 mm more at 85 years, widening by 0.4-2 mm at the surface) or of the
+    Sylvian fissure (:func:`_sylvian`), white matter elsewhere.
+    """
+    lx, ly, lz = coords
+    cerebrum, cerebellum, stem = surfaces
+    cerebrum = np.minimum(cerebrum, -cerebellum - 2.5 * k)
+    cerebrum = np.minimum(cerebrum, -stem - 3.0 * k + 2.0 * np.maximum(lz + 4.0 * k, 0.0))
+    cistern = _lobe_depth(
+        lx,
+        ly,
+        lz,
+        (0.0, -4.0 * k, -22.0 * k),
+        (13.0 * k, (13.0 * k, 13.0 * k), (10.0 * k, 10.0 * k)),
+    )
+    cerebrum = np.minimum(cerebrum, -cistern)
+    midline = np.float32(rng.uniform(-2.0, 2.0)) * np.sin(ly * np.float32(np.pi / (120.0 * k)))
+    floor = k * (28.0 - 70.0 * _smoothstep((np.abs(ly - 4.0 * k) - 34.0 * k) / (16.0 * k)))
+    fissure_half = rng.uniform(1.1, 1.5) + 1.0 * atrophy
+    across = lx - midline
+    # Depth below the medial surface; under the fissure's floor (the corpus callosum) it
+    # grows four times faster, so that the callosum is white matter, not folded cortex.
+    medial = np.abs(across) - fissure_half + 4.0 * np.maximum(floor - lz, 0.0)
+    hemisphere = np.minimum(cerebrum, medial)
+    folding = _Folding(
+        wavelength_mm=(20.0, 26.0),
+        depth_mm=(15.0, 4.5),
+        half_width_mm=rng.uniform(0.25, 0.45) + 0.5 * atrophy,
+        opening_mm=0.2 + 0.8 * atrophy,
+        ribbon_mm=rng.uniform(2.6, 3.1) * (1.0 - 0.1 * atrophy),
+        projection=0.7,
+    )
+    index, h, csf, sulcal_grey = _folds(canvas, region, hemisphere, rng, folding)
+    sylvian_half = rng.uniform(0.8, 1.2) + 1.0 * atrophy
+    sylvian_csf, sylvian_grey = _sylvian(
+        canvas, coords, index, h, k, sylvian_half, folding.ribbon_mm
+    )
+    shape = hemisphere.shape
+    brain = _coverage(-cerebrum)
+    canvas.fill(Label.GREY_MATTER, _GM, grey, brain, region)
+    lining = _scatter(shape, index, np.maximum(sulcal_grey, sylvian_grey))
+    white = _coverage(folding.ribbon_mm - hemisphere) * (1.0 - lining)
+    canvas.fill(Label.WHITE_MATTER, _WM, suv["white"], white, region)
+    hz, _, hx = canvas.spacing
+    above = lz - floor
+    fissure = _slab_cover(across, fissure_half, hx) * np.clip(0.5 + above / hz, 0, 1) * brain
+    canvas.fill(Label.CSF, _CSF, suv["csf"], fissure, region)
+    falx = _slab_cover(across, 0.4, hx) * np.clip(0.5 + (above - 3.0 * k) / hz, 0, 1) * brain
+    canvas.fill(Label.SOFT_TISSUE, _DURA, suv["csf"], falx, region)
+    sulci = _scatter(shape, index, np.maximum(csf, sylvian_csf))
+    canvas.fill(Label.CSF, _CSF, suv["csf"], sulci, region)
+
+
+def _paint_hindbrain(
+    canvas: _Canvas,
+    region: _Region,
+    surfaces: tuple[np.ndarray, np.ndarray],
+    rng: np.random.Generator,
+    k: float,
+    suv: dict[str, float],
+) -> None:
+    """Paint the cerebellum and the brainstem.
+
+    The cerebellar cortex folds like the cerebral one but finer (:func:`_folds`: 10-14 mm
+    wavelength, 7 +- 2 mm deep fissures 0.5 mm wide, 2 mm cortex, sheets bending more),
+    around a white matter core deeper than 11 mm.
+    """
+    cerebellum, stem = surfaces
+    folding = _Folding(
+        wavelength_mm=(10.0, 14.0),
+        depth_mm=(7.0, 2.0),
+        half_width_mm=0.25,
+        opening_mm=0.2,
+        ribbon_mm=2.0,
+        projection=0.5,
+    )
+    index, _, csf, lining = _folds(canvas, region, cerebellum, rng, folding)
+    shape = cerebellum.shape
+    canvas.fill(Label.CEREBELLUM, _GM, suv["cerebellum"], _coverage(-cerebellum), region)
+    white = _coverage(2.0 - cerebellum) * (1.0 - _scatter(shape, index, lining))
+    white = np.maximum(white, _coverage(11.0 * k - cerebellum))
+    canvas.fill(Label.WHITE_MATTER, _WM, suv["white"], white, region)
+    canvas.fill(Label.CSF, _CSF, suv["csf"], _scatter(shape, index, csf), region)
+    canvas.fill(Label.WHITE_MATTER, _WM, suv["stem"], _coverage(-stem), region)
+
+
+# Deep grey nuclei of the left hemisphere (mirrored for the right) in mm of the reference
+# head: centre (x, y, z), half-axes (x, (y anterior, y posterior), (z inferior, z superior)),
+# yaw (degrees, mirrored) and uptake relative to that of deep grey matter.
+_NUCLEI = (
+    ((14.0, -12.0, 10.0), (5.5, (11.0, 10.0), (10.0, 9.0)), 0.0, 1.0),  # caudate head
+    ((27.0, -1.0, 2.0), (6.0, (16.0, 15.0), (11.0, 10.0)), -8.0, 1.0),  # putamen
+    ((20.5, 0.0, 0.0), (3.5, (8.0, 7.0), (6.5, 6.5)), -8.0, 0.85),  # globus pallidus
+    ((10.5, 15.0, 6.0), (8.5, (14.0, 13.0), (10.0, 9.5)), 0.0, 0.95),  # thalamus
+)
+_CAUDATE_BODY = ((16.0, -2.0, 16.0), (19.0, 24.0, 19.0), (3.5, 2.0))  # start, end, radii
+# Course of the left lateral ventricle (x, y, z, radius in mm of the reference head): frontal
+# horn tip, foramen of Monro, body, atrium, occipital horn tip, temporal horn, its tip.
+_VENTRICLE = (
+    (13.0, -30.0, 8.0, 3.0),
+    (9.0, -16.0, 14.0, 5.0),
+    (11.0, 4.0, 18.0, 4.0),
+    (24.0, 30.0, 12.0, 6.0),
+    (20.0, 52.0, 6.0, 2.5),
+    (32.0, 18.0, -6.0, 3.0),
+    (32.0, -4.0, -18.0, 2.0),
+)
+_VENTRICLE_SEGMENTS = ((0, 1), (1, 2), (2, 3), (3, 4), (3, 5), (5, 6))
+
+
+def _paint_deep(
+    canvas: _Canvas,
+    frame: _HeadFrame,
+    rng: np.random.Generator,
+    k: float,
+    atrophy: float,
+    suv: dict[str, float],
+) -> None:
+    """Paint the deep grey nuclei (:data:`_NUCLEI`, caudate body) and the ventricles.
+
+    Each lateral ventricle is a chain of tapered capsules along its C-shaped course
+    (:data:`_VENTRICLE`), the two kept 2.4 mm apart by the septum pellucidum; the third
+    ventricle is a 3 mm slit between the thalami, the fourth lies between the pons and the
+    vermis. Ventricles are 0.85-1.15 times their reference size, up to 1.7 times more with
+    atrophy.
+    """
+    region = frame.box((-48.0 * k, -46.0 * k, -30.0 * k), (48.0 * k, 72.0 * k, 40.0 * k))
+    if region is None:
+        return
+    lx, ly, lz = frame.coords(region)
+    vent = (1.0 + 0.7 * atrophy) * rng.uniform(0.85, 1.15)
+    for side in (-1.0, 1.0):
+        for centre, radii, yaw, factor in _NUCLEI:
+            depth = _lobe_depth(
+                lx,
+                ly,
+                lz,
+                (side * centre[0] * k, centre[1] * k, centre[2] * k),
+                (
+                    radii[0] * k,
+                    (radii[1][0] * k, radii[1][1] * k),
+                    (radii[2][0] * k, radii[2][1] * k),
+                ),
+                side * yaw,
+            )
+            canvas.fill(Label.DEEP_GREY, _DEEP_GM, factor * suv["deep"], _coverage(-depth), region)
+        start, end, width = _CAUDATE_BODY
+        body = _capsule_level(
+            lx,
+            ly,
+            lz,
+            (side * start[0] * k, start[1] * k, start[2] * k),
+            (side * end[0] * k, end[1] * k, end[2] * k),
+            (width[0] * k, width[1] * k),
+        )
+        canvas.fill(Label.DEEP_GREY, _DEEP_GM, suv["deep"], _coverage(body), region)
+    for side in (-1.0, 1.0):
+        level = None
+        for a, b in _VENTRICLE_SEGMENTS:
+            (xa, ya, za, ra), (xb, yb, zb, rb) = _VENTRICLE[a], _VENTRICLE[b]
+            piece = _capsule_level(
+                lx,
+                ly,
+                lz,
+                (side * xa * k, ya * k, za * k),
+                (side * xb * k, yb * k, zb * k),
+                (ra * k * vent, rb * k * vent),
+            )
+            level = piece if level is None else -_smooth_max(-level, -piece, 3.0 * k)
+        septum = 1.2 - side * lx
+        canvas.fill(Label.CSF, _CSF, suv["csf"], _coverage(np.maximum(level, septum)), region)
+    for centre, radii in (
+        ((0.0, 8.0, 4.0), (1.5 * vent, 12.0, 8.0)),  # third ventricle
+        ((0.0, 33.0, -30.0), (5.0, 4.0 * vent, 8.0)),  # fourth ventricle
+    ):
+        world = frame.world((centre[0] * k, centre[1] * k, centre[2] * k))
+        scaled = (radii[0] * k, radii[1] * k, radii[2] * k)
+        canvas.paint_ellipsoid(world, scaled, Label.CSF, _CSF, suv["csf"], frame.yaw_deg)
 
 
 # --------------------------------------------------------------------------- body

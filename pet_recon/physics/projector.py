@@ -253,6 +253,25 @@ def _convolve(x: torch.Tensor, kernel: list[float], dim: int) -> torch.Tensor:
     return out
 
 
+class _SparseProduct(torch.autograd.Function):
+    """``M @ X`` for a cached sparse ``M`` whose transpose is cached too.
+
+    Its gradient ``M^T @ G`` uses the cached transpose; autograd's own sparse backward would
+    transpose and re-sort ``M`` on every call, which dominates training time on a CPU.
+    """
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, matrix: torch.Tensor,
+                transpose: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        ctx.transpose = transpose  # type: ignore[attr-defined]
+        return torch.sparse.mm(matrix, dense)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx,
+                 grad: torch.Tensor) -> tuple[None, None, torch.Tensor]:
+        return None, None, torch.sparse.mm(ctx.transpose, grad.contiguous())  # type: ignore[attr-defined]
+
+
 class ParallelProjector:
     """Geometric projector ``A`` and its transpose, applied to every plane of a batch.
 
@@ -334,7 +353,8 @@ class ParallelProjector:
         x = x.to(device=self.device, dtype=self.dtype)
         lead = x.shape[:-2]
         cols = x.reshape(-1, self.image.ny * self.image.nx).T
-        out = torch.sparse.mm(self.matrices(views)[0], cols.contiguous())
+        a, a_t = self.matrices(views)
+        out = _SparseProduct.apply(a, a_t, cols.contiguous())
         return out.T.reshape(*lead, self.n_views(views), self.sinogram.n_bins)
 
     def adjoint(self, y: torch.Tensor, views: slice | None = None) -> torch.Tensor:
@@ -356,7 +376,8 @@ class ParallelProjector:
         y = y.to(device=self.device, dtype=self.dtype)
         lead = y.shape[:-2]
         cols = y.reshape(-1, y.shape[-2] * y.shape[-1]).T
-        out = torch.sparse.mm(self.matrices(views)[1], cols.contiguous())
+        a, a_t = self.matrices(views)
+        out = _SparseProduct.apply(a_t, a, cols.contiguous())
         return out.T.reshape(*lead, self.image.ny, self.image.nx)
 
 

@@ -1,0 +1,188 @@
+"""The MiG-DM cascade at inference: SRM -> SinoA/CDSM -> SD1 -> resample -> SD2.
+
+Geng et al., "Meta-information Guided Cross-domain Synergistic Diffusion Model for Low-dose
+PET Reconstruction", arXiv:2512.22237, Sec. III.C:
+
+1. the sinogram restoration module (SRM) restores the low-dose sinogram of each plane;
+2. the Sinogram Adapter and Cross-Domain Synergistic Mapper turn it into image-space
+   features ``F_s`` added to SD1's last four encoder stages;
+3. SD1 samples the full-dose image from pure noise (``x_T``), conditioned on the low-dose
+   slice and ``F_s``;
+4. resample: SD1's output ``x_hat`` is re-noised to step ``N``,
+   ``x_N = sqrt(abar_N) x_hat + sqrt(1 - abar_N) eps`` (Ho et al. 2020, Eq. 4);
+5. SD2 denoises ``x_N`` to ``x_0``, conditioned on the low-dose slice and cross-attending
+   to the meta-information tokens of the prompt.
+
+Intensities are in the space of :mod:`pet_recon.models.intensity` (``x = SUV / ref``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pet_recon.diffusion.samplers import ddim, ddpm
+from pet_recon.diffusion.schedule import NoiseSchedule, randn_like, resample
+from pet_recon.errors import PetReconError
+from pet_recon.meta.encoder import MetaEncoder, load_meta_encoder
+from pet_recon.meta.tokenizer import Tokenizer
+from pet_recon.models.sinogram import (
+    SinogramBranch,
+    SinogramRestoration,
+    normalise_sinogram,
+    project_image,
+)
+from pet_recon.models.unet import UNet
+from pet_recon.weights import load_model, sha256_file, weights_dir
+
+SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {"ddim": ddim, "ddpm": ddpm}
+WEIGHT_FILES = {
+    "srm": "srm.safetensors",
+    "branch": "sinogram-branch.safetensors",
+    "sd1": "sd1.safetensors",
+    "sd2": "sd2.safetensors",
+    "mi_encoder": "mi-encoder.safetensors",
+}
+
+
+@dataclass
+class Cascade:
+    """The trained models of the cascade, on one device, in eval mode."""
+
+    srm: SinogramRestoration
+    branch: SinogramBranch
+    sd1: UNet
+    sd2: UNet
+    encoder: MetaEncoder
+    tokenizer: Tokenizer
+    schedule: NoiseSchedule
+    neighbours: int
+    device: torch.device
+    hashes: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, folder: Path | None, device: torch.device) -> Cascade:
+        """Load and verify (SHA-256 against ``manifest.json``) the cascade's weights.
+
+        Parameters
+        ----------
+        folder : Path or None
+            Weights folder; default :func:`pet_recon.weights.weights_dir` (the shipped
+            weights, or ``$PETRECON_WEIGHTS``).
+        device : torch.device
+        """
+        folder = Path(folder) if folder is not None else weights_dir()
+        paths = {role: folder / name for role, name in WEIGHT_FILES.items()}
+        missing = [str(p) for p in paths.values() if not p.exists()]
+        if missing:
+            raise PetReconError(f"{folder}: weights missing: {', '.join(missing)}")
+        registry: dict[str, Any] = {"SinogramRestoration": SinogramRestoration,
+                                    "SinogramBranch": SinogramBranch, "UNet": UNet}
+        srm, _ = load_model(paths["srm"], registry=registry, device=device)
+        branch, _ = load_model(paths["branch"], registry=registry, device=device)
+        sd1, extra = load_model(paths["sd1"], registry=registry, device=device)
+        sd2, _ = load_model(paths["sd2"], registry=registry, device=device)
+        encoder, tokenizer = load_meta_encoder(paths["mi_encoder"], device=device)
+        return cls(srm=srm, branch=branch, sd1=sd1, sd2=sd2, encoder=encoder,  # type: ignore[arg-type]
+                   tokenizer=tokenizer, schedule=NoiseSchedule.from_config(extra["schedule"]),
+                   neighbours=int(extra["neighbours"]), device=device,
+                   hashes={role: sha256_file(p) for role, p in paths.items()})
+
+    @torch.no_grad()
+    def restore(
+        self,
+        low_dose: torch.Tensor,
+        sinograms: torch.Tensor | None,
+        prompt: str,
+        *,
+        steps: int = 10,
+        sd2_steps: int = 5,
+        resample_step: int = 50,
+        sampler: str = "ddim",
+        generator: torch.Generator | None = None,
+        use_sinogram: bool = True,
+        use_prompt: bool = True,
+        callback: Callable[[str, Any], None] | None = None,
+    ) -> torch.Tensor:
+        """Restore a batch of slices.
+
+        Parameters
+        ----------
+        low_dose : torch.Tensor
+            ``(B, 2 * neighbours + 1, H, W)`` low-dose planes in model intensity (centre
+            plane in the middle channel), ``H`` and ``W`` multiples of 8.
+        sinograms : torch.Tensor or None
+            ``(B, 1, views, bins)`` prompts of the centre planes on the projector grid of an
+            ``H x H`` image (:func:`pet_recon.models.sinogram.project_image` layout); None:
+            the projection of the low-dose image is used instead.
+        prompt : str
+            The meta-information prompt (:func:`pet_recon.meta.prompt.render_prompt`).
+        steps, sd2_steps : int
+            Sampler steps of SD1 (from ``T``) and SD2 (from ``resample_step``).
+        resample_step : int
+            ``N``: SD1's output is re-noised to this step (0 skips SD2).
+        sampler : {"ddim", "ddpm"}
+        generator : torch.Generator, optional
+            For the initial noise, the resampling noise and DDPM; makes runs reproducible.
+        use_sinogram, use_prompt : bool
+            Ablations: zero the sinogram features; blank the prompt (all tokens masked).
+        callback : callable, optional
+            ``callback(stage, step_info)`` after every sampler step (``stage`` is "sd1" or
+            "sd2").
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, 1, H, W)`` restored centre planes in model intensity.
+        """
+        if sampler not in SAMPLERS:
+            raise PetReconError(f"unknown sampler {sampler!r}; choose {', '.join(SAMPLERS)}")
+        if not 0 <= resample_step <= self.schedule.num_steps:
+            raise PetReconError(f"--resample-step must be in 0..{self.schedule.num_steps}")
+        sample = SAMPLERS[sampler]
+        x_cond = low_dose.to(self.device, torch.float32)
+        c = self.neighbours
+        features = None
+        if use_sinogram:
+            sino = sinograms if sinograms is not None else project_image(
+                x_cond[:, c : c + 1])
+            s, _ = normalise_sinogram(sino.to(self.device, torch.float32))
+            features = self.branch(self.srm(s))
+
+        def sd1_fn(x_t: torch.Tensor, t: int) -> torch.Tensor:
+            tt = torch.full((x_t.shape[0],), t, device=self.device)
+            return self.sd1(torch.cat([x_t, x_cond], 1), tt, stage_features=features)
+
+        x_T = randn_like(x_cond[:, :1], generator)
+        x = sample(sd1_fn, x_T, self.schedule, t_start=self.schedule.num_steps, steps=steps,
+                   generator=generator,
+                   callback=None if callback is None else lambda i: callback("sd1", i))
+        if resample_step == 0:
+            return x
+        ids, numeric, mask = (t.to(self.device) for t in
+                              self.tokenizer.encode_batch([prompt] * x.shape[0]))
+        tokens, _ = self.encoder.text(ids, numeric, mask)
+        if not use_prompt:
+            mask = torch.zeros_like(mask)
+
+        def sd2_fn(x_t: torch.Tensor, t: int) -> torch.Tensor:
+            tt = torch.full((x_t.shape[0],), t, device=self.device)
+            return self.sd2(torch.cat([x_t, x_cond], 1), tt, context=tokens, context_mask=mask)
+
+        x_n = resample(x, resample_step, self.schedule, generator)
+        return sample(sd2_fn, x_n, self.schedule, t_start=resample_step,
+                      steps=min(sd2_steps, resample_step), generator=generator,
+                      callback=None if callback is None else lambda i: callback("sd2", i))
+
+
+def neighbour_stack(volume: np.ndarray, neighbours: int) -> np.ndarray:
+    """``(Z, H, W)`` -> ``(Z, 2n+1, H, W)``: each plane with its neighbours (edges repeat)."""
+    z = volume.shape[0]
+    idx = np.clip(np.arange(z)[:, None] + np.arange(-neighbours, neighbours + 1)[None], 0, z - 1)
+    return volume[idx]
+

@@ -1,0 +1,497 @@
+"""`petrecon train`: the four trainable stages of the MiG-DM cascade.
+
+Stages (Geng et al., arXiv:2512.22237, Sec. III; training order of its "critical path"):
+
+- ``mi-encoder``: the meta-information encoder, CLIP-style on (prompt, low-dose slice)
+  pairs (symmetric InfoNCE, learned temperature; Radford et al. 2021).
+- ``srm``: the sinogram restoration module, low-dose -> full-dose prompts, Poisson loss.
+- ``sd1``: the diffusion U-Net conditioned on the low-dose slice (neighbours as channels)
+  with the sinogram branch (SinoA + CDSM, trained with it) added to its last four encoder
+  stages; the SRM is frozen.
+- ``sd2``: the diffusion U-Net conditioned on the low-dose slice that cross-attends to the
+  frozen meta-information encoder's prompt tokens; trained on timesteps up to
+  :data:`SD2_MAX_T` because it only ever starts from SD1's output re-noised to step N.
+
+Both diffusion models predict the clean image ``x0`` (see :mod:`pet_recon.diffusion`) in the
+intensity space of :mod:`pet_recon.models.intensity`, with the loss ``||f(x_t, t) - x0||^2``
+on random 64 x 64 patches. Every stage: AdamW, linear warm-up then cosine decay, gradient
+clipping, an exponential moving average (EMA) of the weights (the EMA is what is saved),
+bf16 autocast (CPU and CUDA), checkpoints every ``checkpoint_every`` steps that
+``resume=True`` continues from, and a validation metric at the end. The device is an
+argument: the same code runs on CPU and CUDA.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from pet_recon.dataset import SliceStream
+from pet_recon.diffusion.schedule import NoiseSchedule
+from pet_recon.errors import PetReconError
+from pet_recon.meta.encoder import (
+    MetaEncoder,
+    clip_loss,
+    load_meta_encoder,
+    retrieval_top1,
+    save_meta_encoder,
+)
+from pet_recon.meta.tokenizer import Tokenizer
+from pet_recon.models.sinogram import (
+    SinogramBranch,
+    SinogramRestoration,
+    crop_stage_features,
+    normalise_sinogram,
+    poisson_loss,
+)
+from pet_recon.models.unet import UNet
+from pet_recon.weights import load_model, save_model
+
+log = logging.getLogger(__name__)
+
+STAGES = ("mi-encoder", "srm", "sd1", "sd2")
+#: SD2 is trained on timesteps 1..SD2_MAX_T (it starts from step N <= 400).
+SD2_MAX_T = 400
+#: Probability that SD1 sees the projection of the low-dose image instead of the measured
+#: sinogram, so that it also works when a site cannot export sinograms.
+PROJECTED_SINOGRAM_P = 0.3
+#: Probability that SD2 sees a blank prompt (all tokens masked), so it works without one.
+BLANK_PROMPT_P = 0.1
+NEIGHBOURS = 1
+
+
+@dataclass
+class TrainOptions:
+    """Options shared by every stage.
+
+    Attributes
+    ----------
+    data : Path
+        Folder of shards (``train/``, ``val/``) written by ``petrecon make-dataset``.
+    out : Path
+        Run folder: ``checkpoint.safetensors``, the final ``<stage>.safetensors`` (EMA
+        weights) and ``<stage>.json`` (report).
+    steps : int
+        Optimiser steps.
+    device : torch.device
+    batch_size, lr, seed, patch : training hyper-parameters (patch in pixels).
+    ema_decay : float
+    checkpoint_every, log_every : int
+    bf16 : bool
+        bf16 autocast for the forward pass.
+    frozen : Path or None
+        Folder with the earlier stages' weights (``srm.safetensors`` for SD1,
+        ``mi-encoder.safetensors`` for SD2), verified against its ``manifest.json`` unless
+        ``trust_frozen`` (a run folder of one's own, not yet in a manifest).
+    resume : bool
+        Continue from ``out/checkpoint.safetensors`` when it exists.
+    """
+
+    data: Path
+    out: Path
+    steps: int
+    device: torch.device
+    batch_size: int = 8
+    lr: float = 2e-4
+    seed: int = 0
+    patch: int = 64
+    ema_decay: float = 0.999
+    checkpoint_every: int = 500
+    log_every: int = 100
+    bf16: bool = True
+    frozen: Path | None = None
+    trust_frozen: bool = False
+    resume: bool = True
+
+
+class EMA:
+    """Exponential moving average of a model's floating-point state (Polyak averaging)."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        """``shadow = decay * shadow + (1 - decay) * current``."""
+        for (_, shadow), (_, current) in zip(self.model.state_dict().items(),
+                                             model.state_dict().items(), strict=True):
+            if shadow.dtype.is_floating_point:
+                shadow.lerp_(current.detach(), 1.0 - self.decay)
+            else:
+                shadow.copy_(current)
+
+
+def _autocast(device: torch.device, enabled: bool) -> torch.autocast:
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def _lr_factor(step: int, total: int, warmup: int = 200) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _save_checkpoint(path: Path, step: int, module: nn.Module, ema: EMA,
+                     optimizer: torch.optim.Optimizer) -> None:
+    """Model, EMA and optimiser state as safetensors (no pickle), step in the metadata."""
+    tensors = {f"model.{k}": v.detach().cpu().contiguous()
+               for k, v in module.state_dict().items()}
+    tensors |= {f"ema.{k}": v.detach().cpu().contiguous()
+                for k, v in ema.model.state_dict().items()}
+    state = optimizer.state_dict()
+    for index, values in state["state"].items():
+        for name, value in values.items():
+            tensors[f"opt.{index}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    tmp = path.with_name(f".partial-{path.name}")
+    save_file(tensors, str(tmp), metadata={"step": str(step),
+                                           "param_groups": json.dumps(state["param_groups"])})
+    tmp.replace(path)
+
+
+def _load_checkpoint(path: Path, module: nn.Module, ema: EMA,
+                     optimizer: torch.optim.Optimizer) -> int:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    tensors = load_file(str(path))
+    module.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    ema.model.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+    opt_state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("opt."):
+            _, index, name = key.split(".", 2)
+            opt_state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": opt_state,
+                               "param_groups": json.loads(meta["param_groups"])})
+    return int(meta["step"])
+
+
+def _batches(stream: SliceStream, batch_size: int) -> Iterator[dict[str, Any]]:
+    """Endless batches: tensors stacked, scalars as tensors, strings as lists."""
+    epoch = 0
+    while True:
+        stream.set_epoch(epoch)
+        items: list[dict[str, Any]] = []
+        for item in stream:
+            items.append(item)
+            if len(items) == batch_size:
+                yield _collate(items)
+                items = []
+        epoch += 1
+
+
+def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    batch: dict[str, Any] = {}
+    for key, value in items[0].items():
+        values = [item[key] for item in items]
+        if isinstance(value, torch.Tensor):
+            batch[key] = torch.stack(values)
+        elif isinstance(value, float):
+            batch[key] = torch.tensor(values, dtype=torch.float32)
+        else:
+            batch[key] = values
+    return batch
+
+
+def _crop_offsets(size: int, patch: int, rng: random.Random) -> tuple[int, int]:
+    """Random top-left corner, a multiple of 8 so the U-Net stages stay aligned."""
+    span = (size - patch) // 8
+    return 8 * rng.randint(0, span), 8 * rng.randint(0, span)
+
+
+class _Run:
+    """What every stage shares: model, optimiser, EMA, checkpoints, the step loop."""
+
+    def __init__(self, stage: str, module: nn.Module, opts: TrainOptions) -> None:
+        self.stage, self.module, self.opts = stage, module.to(opts.device), opts
+        opts.out.mkdir(parents=True, exist_ok=True)
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=opts.lr, weight_decay=1e-4)
+        self.ema = EMA(self.module, opts.ema_decay)
+        self.checkpoint = opts.out / "checkpoint.safetensors"
+        self.start = 0
+        if opts.resume and self.checkpoint.exists():
+            self.start = _load_checkpoint(self.checkpoint, self.module, self.ema, self.optimizer)
+            log.warning("%s: resumed at step %d", stage, self.start)
+        self.losses: list[float] = []
+
+    def step(self, step: int, loss: torch.Tensor) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.opts.lr * _lr_factor(step, self.opts.steps)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.module.parameters(), 1.0)
+        self.optimizer.step()
+        self.ema.update(self.module)
+        self.losses.append(float(loss.detach()))
+        if (step + 1) % self.opts.log_every == 0:
+            recent = self.losses[-self.opts.log_every:]
+            log.warning("%s step %d/%d loss %.5f", self.stage, step + 1, self.opts.steps,
+                        sum(recent) / len(recent))
+        if (step + 1) % self.opts.checkpoint_every == 0 or step + 1 == self.opts.steps:
+            _save_checkpoint(self.checkpoint, step + 1, self.module, self.ema, self.optimizer)
+
+
+def _frozen_path(opts: TrainOptions, name: str) -> Path:
+    if opts.frozen is None:
+        raise PetReconError(f"training this stage needs --frozen DIR with {name}")
+    path = opts.frozen / name
+    if not path.exists():
+        raise PetReconError(f"{path}: not found (train that stage first)")
+    return path
+
+
+def _trusted_hash(path: Path, opts: TrainOptions) -> str | None:
+    from pet_recon.weights import sha256_file
+
+    return sha256_file(path) if opts.trust_frozen else None
+
+
+def load_srm(path: Path, device: torch.device, expected_sha256: str | None = None
+             ) -> SinogramRestoration:
+    """Load a verified SRM, frozen, in eval mode."""
+    model, _ = load_model(path, registry={"SinogramRestoration": SinogramRestoration},
+                          expected_sha256=expected_sha256, device=device)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model  # type: ignore[return-value]
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+def _train_mi_encoder(opts: TrainOptions) -> dict[str, Any]:
+    tokenizer = Tokenizer()
+    model = MetaEncoder(tokenizer.vocab_size)
+    run = _Run("mi-encoder", model, opts)
+    stream = SliceStream(opts.data, "train", neighbours=0, seed=opts.seed, cases_in_flight=16)
+    batches = _distinct_prompt_batches(stream, opts.batch_size)
+    for step in range(run.start, opts.steps):
+        batch = next(batches)
+        ids, numeric, mask = (t.to(opts.device) for t in tokenizer.encode_batch(batch["prompt"]))
+        images = _mi_images(batch, opts.device)
+        with _autocast(opts.device, opts.bf16):
+            text_emb, image_emb = run.module(ids, numeric, mask, images)
+            loss = clip_loss(text_emb.float(), image_emb.float(), run.module.scale())
+        run.step(step, loss)
+    path = save_meta_encoder(opts.out / "mi-encoder.safetensors", run.ema.model, tokenizer)
+    metrics = _validate_mi_encoder(run.ema.model, tokenizer, opts)
+    return {"weights": str(path), "metrics": metrics}
+
+
+def _mi_images(batch: dict[str, Any], device: torch.device) -> torch.Tensor:
+    """The centre low-dose plane in model intensity, average-pooled 2x (64 x 64 for 128)."""
+    ld = batch["ld"][:, NEIGHBOURS if batch["ld"].shape[1] > 1 else 0][:, None]
+    x = ld / batch["ref"][:, None, None, None]
+    return nn.functional.avg_pool2d(x, 2).to(device)
+
+
+def _distinct_prompt_batches(stream: SliceStream, batch_size: int
+                             ) -> Iterator[dict[str, Any]]:
+    """Batches whose items all have different prompts (contrastive pairs must be unique)."""
+    epoch = 0
+    while True:
+        stream.set_epoch(epoch)
+        items: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        for item in stream:
+            if item["prompt"] in seen:
+                continue
+            items.append(item)
+            seen.add(item["prompt"])
+            if len(items) == batch_size:
+                yield _collate(items)
+                items, seen = [], set()
+        epoch += 1
+
+
+@torch.no_grad()
+def _validate_mi_encoder(model: MetaEncoder, tokenizer: Tokenizer, opts: TrainOptions,
+                         batches: int = 8) -> dict[str, float]:
+    """Top-1 prompt-to-image retrieval on held-out batches of 32 with distinct prompts."""
+    model.eval()
+    stream = SliceStream(opts.data, "val", neighbours=0, seed=1, cases_in_flight=32)
+    scores = []
+    for _, batch in zip(range(batches), _distinct_prompt_batches(stream, 32), strict=False):
+        ids, numeric, mask = (t.to(opts.device) for t in tokenizer.encode_batch(batch["prompt"]))
+        text_emb, image_emb = model(ids, numeric, mask, _mi_images(batch, opts.device))
+        scores.append(retrieval_top1(text_emb.float(), image_emb.float()))
+    return {"retrieval_top1": float(np.mean(scores)) if scores else float("nan"),
+            "batches": len(scores), "batch_size": 32}
+
+
+def _train_srm(opts: TrainOptions) -> dict[str, Any]:
+    model = SinogramRestoration()
+    run = _Run("srm", model, opts)
+    stream = SliceStream(opts.data, "train", neighbours=0, seed=opts.seed)
+    batches = _batches(stream, opts.batch_size)
+    for step in range(run.start, opts.steps):
+        batch = next(batches)
+        s_ld, scale = normalise_sinogram(batch["sino_ld"].to(opts.device))
+        with _autocast(opts.device, opts.bf16):
+            pred = run.module(s_ld)
+        loss = poisson_loss(pred.float(), batch["sino_fd"].to(opts.device), scale)
+        run.step(step, loss)
+    path = save_model(run.ema.model, opts.out / "srm.safetensors")
+    return {"weights": str(path), "metrics": _validate_srm(run.ema.model, opts)}
+
+
+@torch.no_grad()
+def _validate_srm(model: nn.Module, opts: TrainOptions, batches: int = 16) -> dict[str, float]:
+    """Poisson loss of the SRM vs the unrestored (rescaled) low-dose sinogram on val."""
+    model.eval()
+    stream = SliceStream(opts.data, "val", neighbours=0, seed=1)
+    restored, identity = [], []
+    for _, batch in zip(range(batches), _batches(stream, opts.batch_size), strict=False):
+        s_ld, scale = normalise_sinogram(batch["sino_ld"].to(opts.device))
+        target = batch["sino_fd"].to(opts.device)
+        restored.append(float(poisson_loss(model(s_ld).float(), target, scale)))
+        identity.append(float(poisson_loss(s_ld.clamp_min(1e-3), target, scale)))
+    return {"poisson_loss": float(np.mean(restored)),
+            "poisson_loss_low_dose": float(np.mean(identity)), "batches": len(restored)}
+
+
+class SD1(nn.Module):
+    """SD1 with its sinogram branch: the U-Net and SinoA + CDSM trained together."""
+
+    def __init__(self, unet: UNet, branch: SinogramBranch) -> None:
+        super().__init__()
+        self.unet, self.branch = unet, branch
+
+
+def _sd_unet(context_dim: int | None) -> UNet:
+    return UNet(in_channels=1 + 2 * NEIGHBOURS + 1, out_channels=1, context_dim=context_dim)
+
+
+def _sinogram_input(batch: dict[str, Any], srm: SinogramRestoration, device: torch.device,
+                    rng: random.Random) -> torch.Tensor:
+    """Restored, normalised sinograms ``(B, 1, views, bins)``; some replaced by the
+    projection of the low-dose image (the fallback used when no sinogram is given)."""
+    from pet_recon.models.sinogram import project_image
+
+    sino = batch["sino_ld"].to(device)
+    ld = batch["ld"][:, NEIGHBOURS : NEIGHBOURS + 1].to(device)
+    use_projection = [rng.random() < PROJECTED_SINOGRAM_P for _ in range(sino.shape[0])]
+    if any(use_projection):
+        projected = project_image(ld, n_views=sino.shape[-2], n_bins=sino.shape[-1])
+        mask = torch.tensor(use_projection, device=device)[:, None, None, None]
+        sino = torch.where(mask, projected, sino)
+    s, _ = normalise_sinogram(sino)
+    with torch.no_grad():
+        return srm(s)
+
+
+def _train_sd(stage: str, opts: TrainOptions) -> dict[str, Any]:
+    schedule = NoiseSchedule.linear()
+    rng = random.Random(opts.seed)
+    torch.manual_seed(opts.seed)
+    stream = SliceStream(opts.data, "train", neighbours=NEIGHBOURS, seed=opts.seed)
+    batches = _batches(stream, opts.batch_size)
+    first = next(batches)
+    size = first["ld"].shape[-1]
+    if stage == "sd1":
+        srm = load_srm(_frozen_path(opts, "srm.safetensors"), opts.device,
+                       _trusted_hash(_frozen_path(opts, "srm.safetensors"), opts))
+        unet = _sd_unet(None)
+        branch = SinogramBranch(stage_channels=tuple(c for c, _, _ in unet.stage_shapes(64, 64)))
+        module: nn.Module = SD1(unet, branch)
+        max_t = schedule.num_steps
+    else:
+        encoder, tokenizer = load_meta_encoder(
+            _frozen_path(opts, "mi-encoder.safetensors"), device=opts.device,
+            expected_sha256=_trusted_hash(_frozen_path(opts, "mi-encoder.safetensors"), opts))
+        for p in encoder.parameters():
+            p.requires_grad_(False)
+        module = _sd_unet(encoder.config["width"])
+        max_t = SD2_MAX_T
+    run = _Run(stage, module, opts)
+    batch = first
+    for step in range(run.start, opts.steps):
+        if step > run.start:
+            batch = next(batches)
+        ref = batch["ref"].to(opts.device)[:, None, None, None]
+        ld = batch["ld"].to(opts.device) / ref
+        fd = batch["fd"].to(opts.device) / ref
+        oy, ox = _crop_offsets(size, opts.patch, rng)
+        window = (slice(None), slice(None), slice(oy, oy + opts.patch), slice(ox, ox + opts.patch))
+        x0, cond = fd[window], ld[window]
+        t = torch.randint(1, max_t + 1, (x0.shape[0],), device=opts.device)
+        x_t = schedule.q_sample(x0, t, torch.randn_like(x0))
+        with _autocast(opts.device, opts.bf16):
+            if stage == "sd1":
+                features = run.module.branch(_sinogram_input(batch, srm, opts.device, rng))
+                features = crop_stage_features(features, oy, ox, opts.patch)
+                pred = run.module.unet(torch.cat([x_t, cond], 1), t, stage_features=features)
+            else:
+                context, mask = _prompt_tokens(encoder, tokenizer, batch["prompt"], opts.device,
+                                               rng, BLANK_PROMPT_P)
+                pred = run.module(torch.cat([x_t, cond], 1), t, context=context,
+                                  context_mask=mask)
+        loss = nn.functional.mse_loss(pred.float(), x0)
+        run.step(step, loss)
+    extra = {"schedule": schedule.config, "prediction": "x0", "neighbours": NEIGHBOURS,
+             "max_t": max_t}
+    path = opts.out / f"{stage}.safetensors"
+    if stage == "sd1":
+        save_model(run.ema.model.unet, path, extra=extra)
+        save_model(run.ema.model.branch, opts.out / "sinogram-branch.safetensors")
+    else:
+        save_model(run.ema.model, path, extra=extra)
+    return {"weights": str(path), "metrics": {}}
+
+
+def _prompt_tokens(encoder: MetaEncoder, tokenizer: Tokenizer, prompts: list[str],
+                   device: torch.device, rng: random.Random | None, blank_p: float
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frozen text-encoder tokens ``(B, L, D)`` and mask ``(B, L)``; blanked at random."""
+    ids, numeric, mask = (t.to(device) for t in tokenizer.encode_batch(prompts))
+    with torch.no_grad():
+        tokens, _ = encoder.text(ids, numeric, mask)
+    if rng is not None and blank_p > 0:
+        keep = torch.tensor([rng.random() >= blank_p for _ in prompts], device=device)
+        mask = mask & keep[:, None]
+    return tokens, mask
+
+
+def train(stage: str, opts: TrainOptions) -> dict[str, Any]:
+    """Train one stage; write its EMA weights and a JSON report into ``opts.out``.
+
+    Returns
+    -------
+    dict
+        The report: stage, options, steps, seconds, final loss, validation metrics.
+    """
+    if stage not in STAGES:
+        raise PetReconError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
+    if not (Path(opts.data) / "train").is_dir():
+        raise PetReconError(f"{opts.data}: no train/ shards (run petrecon make-dataset)")
+    t0 = time.perf_counter()
+    trainers = {"mi-encoder": _train_mi_encoder, "srm": _train_srm,
+                "sd1": lambda o: _train_sd("sd1", o), "sd2": lambda o: _train_sd("sd2", o)}
+    result = trainers[stage](opts)
+    report = {
+        "stage": stage,
+        "options": {k: str(v) for k, v in asdict(opts).items()},
+        "seconds": time.perf_counter() - t0,
+        **result,
+    }
+    (opts.out / f"{stage}.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
