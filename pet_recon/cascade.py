@@ -154,9 +154,8 @@ class Cascade:
             s, _ = normalise_sinogram(sino.to(self.device, torch.float32))
             features = self.branch(self.srm(s))
 
-        def sd1_fn(x_t: torch.Tensor, t: int) -> torch.Tensor:
-            tt = torch.full((x_t.shape[0],), t, device=self.device)
-            return self.sd1(torch.cat([x_t, x_cond], 1), tt, stage_features=features)
+        def sd1_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return self.sd1(torch.cat([x_t, x_cond], 1), t, stage_features=features)
 
         x_T = randn_like(x_cond[:, :1], generator)
         x = sample(sd1_fn, x_T, self.schedule, t_start=self.schedule.num_steps, steps=steps,
@@ -170,9 +169,8 @@ class Cascade:
         if not use_prompt:
             mask = torch.zeros_like(mask)
 
-        def sd2_fn(x_t: torch.Tensor, t: int) -> torch.Tensor:
-            tt = torch.full((x_t.shape[0],), t, device=self.device)
-            return self.sd2(torch.cat([x_t, x_cond], 1), tt, context=tokens, context_mask=mask)
+        def sd2_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return self.sd2(torch.cat([x_t, x_cond], 1), t, context=tokens, context_mask=mask)
 
         x_n = resample(x, resample_step, self.schedule, generator)
         return sample(sd2_fn, x_n, self.schedule, t_start=resample_step,

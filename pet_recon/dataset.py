@@ -83,7 +83,7 @@ def write_shard(case: SimulatedCase, root: Path) -> Path:
         "plane_mm": case.image.plane_mm,
         "bin_mm": case.sinogram.bin_mm,
     }
-    tmp = path.with_name(f".partial-{path.name}")
+    tmp = path.with_name(f"{path.name}.partial")  # not matched by the loaders' *.safetensors
     save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp),
               metadata={"json": json.dumps(record)})
     tmp.replace(path)

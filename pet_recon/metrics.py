@@ -34,7 +34,8 @@ def body_mask(volume: np.ndarray, spacing: tuple[float, float, float] = (1.0, 1.
     image = sitk.GetImageFromArray(np.ascontiguousarray(volume, dtype=np.float32))
     image.SetSpacing(tuple(float(s) for s in spacing))
     sigma = smooth_mm / (2.0 * math.sqrt(2.0 * math.log(2.0)))
-    smoothed = sitk.GetArrayFromImage(sitk.SmoothingRecursiveGaussian(image, sigma))
+    smoothed = sitk.GetArrayFromImage(
+        sitk.DiscreteGaussian(image, variance=sigma * sigma, useImageSpacing=True))
     level = float(np.percentile(smoothed, 99.0))
     if level <= 0:
         return np.zeros(volume.shape, dtype=bool)

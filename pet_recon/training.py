@@ -306,12 +306,14 @@ def _mi_images(batch: dict[str, Any], device: torch.device) -> torch.Tensor:
 
 def _distinct_prompt_batches(stream: SliceStream, batch_size: int
                              ) -> Iterator[dict[str, Any]]:
-    """Batches whose items all have different prompts (contrastive pairs must be unique)."""
+    """Endless batches whose items all have different prompts (contrastive pairs must be
+    unique); an error if the data has fewer distinct prompts than ``batch_size``."""
     epoch = 0
     while True:
         stream.set_epoch(epoch)
         items: list[dict[str, Any]] = []
         seen: set[str] = set()
+        yielded = False
         for item in stream:
             if item["prompt"] in seen:
                 continue
@@ -319,23 +321,39 @@ def _distinct_prompt_batches(stream: SliceStream, batch_size: int
             seen.add(item["prompt"])
             if len(items) == batch_size:
                 yield _collate(items)
-                items, seen = [], set()
+                items, seen, yielded = [], set(), True
+        if not yielded:
+            raise PetReconError(f"{stream.files[0].parent}: fewer than {batch_size} distinct "
+                                "prompts in a pass over the data; lower --batch-size")
         epoch += 1
 
 
 @torch.no_grad()
 def _validate_mi_encoder(model: MetaEncoder, tokenizer: Tokenizer, opts: TrainOptions,
-                         batches: int = 8) -> dict[str, float]:
-    """Top-1 prompt-to-image retrieval on held-out batches of 32 with distinct prompts."""
+                         batches: int = 8, batch_size: int = 32) -> dict[str, float]:
+    """Top-1 prompt-to-image retrieval on held-out batches of 32 distinct prompts.
+
+    The validation split is read once; batch ``j`` pairs the first 32 distinct prompts with
+    their ``j``-th slice, so every batch has 32 different prompts and new images.
+    """
     model.eval()
-    stream = SliceStream(opts.data, "val", neighbours=0, seed=1, cases_in_flight=32)
+    by_prompt: dict[str, list[dict[str, Any]]] = {}
+    for item in SliceStream(opts.data, "val", neighbours=0, seed=1, cases_in_flight=64):
+        slices = by_prompt.setdefault(item["prompt"], [])
+        if len(slices) < batches:
+            slices.append(item)
+    prompts = [p for p, slices in by_prompt.items() if len(slices) == batches][:batch_size]
+    if len(prompts) < batch_size:
+        return {"retrieval_top1": float("nan"), "batches": 0, "batch_size": batch_size,
+                "distinct_prompts": len(by_prompt)}
     scores = []
-    for _, batch in zip(range(batches), _distinct_prompt_batches(stream, 32), strict=False):
+    for j in range(batches):
+        batch = _collate([by_prompt[p][j] for p in prompts])
         ids, numeric, mask = (t.to(opts.device) for t in tokenizer.encode_batch(batch["prompt"]))
         text_emb, image_emb = model(ids, numeric, mask, _mi_images(batch, opts.device))
         scores.append(retrieval_top1(text_emb.float(), image_emb.float()))
-    return {"retrieval_top1": float(np.mean(scores)) if scores else float("nan"),
-            "batches": len(scores), "batch_size": 32}
+    return {"retrieval_top1": float(np.mean(scores)), "batches": batches,
+            "batch_size": batch_size, "chance": 1.0 / batch_size}
 
 
 def _train_srm(opts: TrainOptions) -> dict[str, Any]:
@@ -411,7 +429,9 @@ def _train_sd(stage: str, opts: TrainOptions) -> dict[str, Any]:
         srm = load_srm(_frozen_path(opts, "srm.safetensors"), opts.device,
                        _trusted_hash(_frozen_path(opts, "srm.safetensors"), opts))
         unet = _sd_unet(None)
-        branch = SinogramBranch(stage_channels=tuple(c for c, _, _ in unet.stage_shapes(64, 64)))
+        branch = SinogramBranch(stage_channels=unet.stage_channels, image_size=size,
+                                n_views=first["sino_ld"].shape[-2],
+                                n_bins=first["sino_ld"].shape[-1])
         module: nn.Module = SD1(unet, branch)
         max_t = schedule.num_steps
     else:

@@ -1,0 +1,92 @@
+"""Every training stage runs end to end on a tiny simulated set, and the cascade built from
+the resulting weights restores slices (tiny models, CPU)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from pet_recon.cascade import WEIGHT_FILES, Cascade, neighbour_stack
+from pet_recon.dataset import write_dataset
+from pet_recon.errors import PetReconError
+from pet_recon.training import TrainOptions, train
+from pet_recon.weights import update_manifest
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("train")
+    data = root / "data"
+    # Seeds 0-1 train, 8 val: 2 families x 3 DRFs give enough distinct prompts for batch 4.
+    for seed in (0, 1, 8):
+        write_dataset(data, families=("nema", "body"), cases=1, seed=seed, drfs=(4, 20),
+                      slices=3, matrix=32, device=CPU, progress=False)
+    weights = root / "weights"
+    weights.mkdir()
+    for stage in ("srm", "mi-encoder", "sd1", "sd2"):
+        opts = TrainOptions(data=data, out=root / stage, steps=2, device=CPU, batch_size=4,
+                            patch=32, log_every=1, checkpoint_every=1, frozen=weights,
+                            trust_frozen=True)
+        report = train(stage, opts)
+        assert Path(report["weights"]).exists()
+        for name in WEIGHT_FILES.values():
+            produced = root / stage / name
+            if produced.exists():
+                target = weights / name
+                target.write_bytes(produced.read_bytes())
+                update_manifest(target, name=stage, config={}, training={"steps": 2},
+                                metrics=report["metrics"])
+    return root
+
+
+def test_train_writes_reports_and_checkpoints(runs: Path) -> None:
+    for stage in ("srm", "mi-encoder", "sd1", "sd2"):
+        report = json.loads((runs / stage / f"{stage}.json").read_text())
+        assert report["stage"] == stage and report["seconds"] > 0
+        assert (runs / stage / "checkpoint.safetensors").exists()
+    srm = json.loads((runs / "srm" / "srm.json").read_text())["metrics"]
+    assert srm["poisson_loss"] > 0 and srm["poisson_loss_low_dose"] > 0
+
+
+def test_train_resume_continues_from_checkpoint(runs: Path) -> None:
+    opts = TrainOptions(data=runs / "data", out=runs / "srm", steps=3, device=CPU,
+                        batch_size=4, log_every=1, checkpoint_every=1)
+    train("srm", opts)
+    from safetensors import safe_open
+
+    with safe_open(str(runs / "srm" / "checkpoint.safetensors"), framework="pt") as f:
+        assert f.metadata()["step"] == "3"
+
+
+def test_train_sd1_without_frozen_srm_is_refused(runs: Path, tmp_path: Path) -> None:
+    opts = TrainOptions(data=runs / "data", out=tmp_path, steps=1, device=CPU, frozen=None)
+    with pytest.raises(PetReconError, match="--frozen"):
+        train("sd1", opts)
+
+
+def test_cascade_restores_slices_deterministically(runs: Path) -> None:
+    cascade = Cascade.load(runs / "weights", CPU)
+    volume = torch.rand(3, 32, 32).numpy()
+    low = torch.from_numpy(neighbour_stack(volume, cascade.neighbours))
+    outs = [cascade.restore(low, None, "PET FDG.", steps=2, sd2_steps=2, resample_step=50,
+                            generator=torch.Generator().manual_seed(5)) for _ in range(2)]
+    assert outs[0].shape == (3, 1, 32, 32)
+    torch.testing.assert_close(outs[0], outs[1])
+
+
+def test_cascade_refuses_tampered_weights(runs: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "w"
+    folder.mkdir()
+    for path in (runs / "weights").iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    sd2 = folder / "sd2.safetensors"
+    data = bytearray(sd2.read_bytes())
+    data[-1] ^= 0xFF
+    sd2.write_bytes(bytes(data))
+    with pytest.raises(PetReconError, match="sd2.safetensors"):
+        Cascade.load(folder, CPU)
