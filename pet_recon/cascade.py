@@ -18,6 +18,7 @@ Intensities are in the space of :mod:`pet_recon.models.intensity` (``x = SUV / r
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,6 +109,7 @@ class Cascade:
         use_sinogram: bool = True,
         use_prompt: bool = True,
         callback: Callable[[str, Any], None] | None = None,
+        timings: dict[str, float] | None = None,
     ) -> torch.Tensor:
         """Restore a batch of slices.
 
@@ -134,6 +136,8 @@ class Cascade:
         callback : callable, optional
             ``callback(stage, step_info)`` after every sampler step (``stage`` is "sd1" or
             "sd2").
+        timings : dict, optional
+            Seconds spent per stage are added to ``sinogram_branch_s``, ``sd1_s``, ``sd2_s``.
 
         Returns
         -------
@@ -145,6 +149,7 @@ class Cascade:
         if not 0 <= resample_step <= self.schedule.num_steps:
             raise PetReconError(f"--resample-step must be in 0..{self.schedule.num_steps}")
         sample = SAMPLERS[sampler]
+        clock = _Clock(timings)
         x_cond = low_dose.to(self.device, torch.float32)
         c = self.neighbours
         features = None
@@ -153,6 +158,7 @@ class Cascade:
                 x_cond[:, c : c + 1])
             s, _ = normalise_sinogram(sino.to(self.device, torch.float32))
             features = self.branch(self.srm(s))
+        clock.lap("sinogram_branch_s")
 
         def sd1_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             return self.sd1(torch.cat([x_t, x_cond], 1), t, stage_features=features)
@@ -161,6 +167,7 @@ class Cascade:
         x = sample(sd1_fn, x_T, self.schedule, t_start=self.schedule.num_steps, steps=steps,
                    generator=generator,
                    callback=None if callback is None else lambda i: callback("sd1", i))
+        clock.lap("sd1_s")
         if resample_step == 0:
             return x
         ids, numeric, mask = (t.to(self.device) for t in
@@ -173,9 +180,24 @@ class Cascade:
             return self.sd2(torch.cat([x_t, x_cond], 1), t, context=tokens, context_mask=mask)
 
         x_n = resample(x, resample_step, self.schedule, generator)
-        return sample(sd2_fn, x_n, self.schedule, t_start=resample_step,
-                      steps=min(sd2_steps, resample_step), generator=generator,
-                      callback=None if callback is None else lambda i: callback("sd2", i))
+        x = sample(sd2_fn, x_n, self.schedule, t_start=resample_step,
+                   steps=min(sd2_steps, resample_step), generator=generator,
+                   callback=None if callback is None else lambda i: callback("sd2", i))
+        clock.lap("sd2_s")
+        return x
+
+
+class _Clock:
+    """Adds the seconds since the last lap to ``timings[name]`` (when timings is given)."""
+
+    def __init__(self, timings: dict[str, float] | None) -> None:
+        self.timings, self.last = timings, time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        if self.timings is not None:
+            self.timings[name] = self.timings.get(name, 0.0) + now - self.last
+        self.last = now
 
 
 def neighbour_stack(volume: np.ndarray, neighbours: int) -> np.ndarray:

@@ -79,7 +79,23 @@ def _setup_logging(quiet: bool) -> None:
 def reconstruct(
     in_path: InPath,
     out_dir: Annotated[Path, typer.Option("--out", help="Output folder for the derived series.")],
-    method: Annotated[str, typer.Option(help="Restoration method.")] = "gaussian",
+    method: Annotated[str, typer.Option(help="mig-dm (the cascade) or gaussian.")] = "mig-dm",
+    sino: Annotated[
+        Path | None, typer.Option(help="Low-dose prompts sinogram (.hs Interfile, .mha, .nii).")
+    ] = None,
+    drf: Drf = None,
+    steps: Annotated[int, typer.Option(min=1, max=1000, help="SD1 sampler steps.")] = 10,
+    sd2_steps: Annotated[int, typer.Option(min=1, max=1000, help="SD2 sampler steps.")] = 5,
+    resample_step: Annotated[
+        int, typer.Option(min=0, max=1000, help="N: SD1's output is re-noised to step N.")
+    ] = 50,
+    sampler: Annotated[str, typer.Option(help="ddim or ddpm.")] = "ddim",
+    seed: Annotated[int, typer.Option(min=0, help="Seed: same seed, same output.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    batch_size: Annotated[int, typer.Option(min=1, max=512, help="Slices at once.")] = 8,
+    weights: Annotated[
+        Path | None, typer.Option(help="Weights folder (default: shipped, $PETRECON_WEIGHTS).")
+    ] = None,
     fwhm: Annotated[
         float, typer.Option("--fwhm", min=0.0, max=50.0, help="Gaussian FWHM in mm.")
     ] = 6.0,
@@ -94,13 +110,19 @@ def reconstruct(
     quiet: Annotated[bool, typer.Option(help="No progress bar, errors only.")] = False,
 ) -> None:
     """Restore a low-dose PET series and write a derived DICOM series."""
+    from pet_recon.pipeline import CascadeOptions
     from pet_recon.pipeline import reconstruct as run
 
     _setup_logging(quiet)
+    if sampler not in ("ddim", "ddpm"):
+        raise PetReconError(f"--sampler must be ddim or ddpm, got {sampler!r}")
+    options = CascadeOptions(sino=sino, drf=drf, steps=steps, sd2_steps=sd2_steps,
+                             resample_step=resample_step, sampler=sampler, seed=seed,
+                             device=device, batch_size=batch_size, weights=weights)
     result = run(
         in_path, out_dir, method=method, fwhm_mm=fwhm, series_uid=series_uid,
         overwrite=overwrite, report_path=report, preview_path=preview,
-        weight_kg=weight, dose_mbq=dose, progress=not quiet,
+        weight_kg=weight, dose_mbq=dose, cascade=options, progress=not quiet,
     )
     if not quiet:
         out = result["output"]
@@ -131,13 +153,9 @@ def inspect_meta(
 
 
 def _device(name: str) -> object:
-    import torch
+    from pet_recon.pipeline import resolve_device
 
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise PetReconError("--device cuda: no CUDA device is available")
-    return torch.device(name)
+    return resolve_device(name)
 
 
 Device = Annotated[str, typer.Option(help="auto, cpu or cuda.")]

@@ -131,7 +131,8 @@ class SliceStream(torch.utils.data.IterableDataset):
         super().__init__()
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-        self.files = sorted((Path(root) / split).glob("*.safetensors"))
+        self.files = sorted(p for p in (Path(root) / split).glob("*.safetensors")
+                            if not p.name.startswith("."))  # skip partial writes
         if not self.files:
             raise FileNotFoundError(f"{Path(root) / split}: no shards (*.safetensors)")
         self.drfs, self.neighbours = drfs, neighbours

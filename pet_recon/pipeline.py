@@ -14,7 +14,9 @@ import math
 import platform
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import SimpleITK as sitk
@@ -22,11 +24,17 @@ from tqdm import tqdm
 
 import pet_recon
 from pet_recon.errors import PetReconError
-from pet_recon.io.metadata import SeriesMeta
+from pet_recon.io.metadata import SeriesMeta, VolumeGeometry
 from pet_recon.io.series import read_series
 from pet_recon.io.suv import SuvUnavailable, suv_scale
 from pet_recon.io.writer import write_derived_series
+from pet_recon.meta.prompt import build_record, render_prompt, uptake_warning
+from pet_recon.models.intensity import reference_value
 from pet_recon.output import check_output_dir, staged_output
+from pet_recon.physics.geometry import SinogramGeometry
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +68,194 @@ def gaussian_filter(volume: np.ndarray, meta: SeriesMeta, fwhm_mm: float) -> np.
     smoothed = sitk.DiscreteGaussian(image, variance=sigma * sigma, maximumKernelWidth=128,
                                      useImageSpacing=True)
     return sitk.GetArrayFromImage(smoothed).astype(np.float32)
+
+
+@dataclass
+class CascadeOptions:
+    """Options of ``--method mig-dm`` (see ``petrecon reconstruct --help``).
+
+    Attributes
+    ----------
+    sino : Path or None
+        Low-dose prompts sinogram (``.hs`` Interfile, or MetaImage/NIfTI), plane ``i`` being
+        slice ``i`` of the series in ascending slice-normal order. Without it the low-dose
+        image is projected with petrecon's projector instead (said in the report).
+    drf : float or None
+        Dose reduction factor for the prompt (else estimated from the injected activity).
+    steps, sd2_steps : int
+        Sampler steps of SD1 and SD2.
+    resample_step : int
+        ``N`` of the resampling step between SD1 and SD2.
+    sampler : str
+        ``ddim`` or ``ddpm``.
+    seed : int
+        Seed of every random draw: the same seed gives the same output.
+    device : str
+        ``auto``, ``cpu`` or ``cuda``.
+    batch_size : int
+        Slices restored at once.
+    weights : Path or None
+        Weights folder (default: the shipped weights or ``$PETRECON_WEIGHTS``).
+    use_sinogram, use_prompt : bool
+        Ablations: no sinogram branch; blank prompt.
+    """
+
+    sino: Path | None = None
+    drf: float | None = None
+    steps: int = 10
+    sd2_steps: int = 5
+    resample_step: int = 50
+    sampler: str = "ddim"
+    seed: int = 0
+    device: str = "auto"
+    batch_size: int = 8
+    weights: Path | None = None
+    use_sinogram: bool = True
+    use_prompt: bool = True
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` (CUDA when available), ``cpu`` or ``cuda``; an error if CUDA is missing."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise PetReconError("--device cuda: no CUDA device is available")
+    if name not in ("cpu", "cuda"):
+        raise PetReconError(f"--device must be auto, cpu or cuda, got {name!r}")
+    return torch.device(name)
+
+
+def model_grid(meta: SeriesMeta, matrix: int) -> VolumeGeometry:
+    """The model's grid for a series: ``matrix x matrix`` over the same in-plane field of
+    view and the same slices (pixels of ``field of view / matrix`` mm)."""
+    g = meta.geometry
+    d = np.asarray(g.direction, dtype=float).reshape(3, 3)
+    fov_x, fov_y = g.shape[2] * g.spacing[0], g.shape[1] * g.spacing[1]
+    new_x, new_y = fov_x / matrix, fov_y / matrix
+    # Keep the outer edge of the field of view: shift the first centre by half a pixel change.
+    origin = (np.asarray(g.origin) + d[:, 0] * (new_x - g.spacing[0]) / 2
+              + d[:, 1] * (new_y - g.spacing[1]) / 2)
+    return VolumeGeometry(shape=(g.shape[0], matrix, matrix),
+                          origin=tuple(float(v) for v in origin),
+                          spacing=(new_x, new_y, g.spacing[2]), direction=g.direction)
+
+
+def resample_volume(volume: np.ndarray, source: VolumeGeometry,
+                    target: VolumeGeometry) -> np.ndarray:
+    """Linear resampling of a volume onto another grid (SimpleITK); when the target is
+    coarser, a Gaussian of 0.4 target pixels (sigma) first avoids aliasing."""
+    image = source.to_sitk(volume.astype(np.float32))
+    factor = max(t / s for t, s in zip(target.spacing[:2], source.spacing[:2], strict=True))
+    if factor > 1.2:
+        sigma = [0.4 * t for t in target.spacing[:2]] + [1e-3]
+        image = sitk.SmoothingRecursiveGaussian(image, sigma) if min(source.shape) >= 4 else \
+            sitk.DiscreteGaussian(image, [s * s for s in sigma], useImageSpacing=True)
+    reference = target.to_sitk(np.zeros(target.shape, np.float32))
+    out = sitk.Resample(image, reference, sitk.Transform(), sitk.sitkLinear, 0.0)
+    return sitk.GetArrayFromImage(out).astype(np.float32)
+
+
+def _model_sinograms(path: Path, n_slices: int, grid: VolumeGeometry,
+                     target: SinogramGeometry) -> np.ndarray:
+    """The user's sinogram on the model's sinogram grid, ``(planes, views, bins)``."""
+    import torch
+
+    from pet_recon.io.sinogram import read_sinogram
+    from pet_recon.models.sinogram import resample_sinogram
+
+    data, geometry, _ = read_sinogram(path)
+    if geometry.n_planes != n_slices:
+        raise PetReconError(f"{path}: {geometry.n_planes} sinogram planes for a series of "
+                            f"{n_slices} slices")
+    if abs(geometry.plane_mm - grid.spacing[2]) > 0.05 * grid.spacing[2]:
+        raise PetReconError(f"{path}: plane spacing {geometry.plane_mm:g} mm differs from the "
+                            f"series' slice spacing {grid.spacing[2]:g} mm")
+    in_model_units = SinogramGeometry(  # the model grid is in pixels: bins in pixels too
+        geometry.n_views, geometry.n_bins, geometry.bin_mm / grid.spacing[0],
+        view_offset_deg=geometry.view_offset_deg)
+    resampled = resample_sinogram(torch.from_numpy(data), in_model_units, target)
+    return resampled.numpy()
+
+
+def _restore_mig_dm(volume_suv: np.ndarray, meta: SeriesMeta, opts: CascadeOptions,
+                    warnings: list[str], bar: tqdm) -> tuple[np.ndarray, dict[str, object]]:
+    """Run the cascade on a volume in SUV (or any linear unit); returns the same unit."""
+    import torch
+
+    from pet_recon.cascade import Cascade, neighbour_stack
+
+    device = resolve_device(opts.device)
+    t0 = time.perf_counter()
+    cascade = Cascade.load(opts.weights, device)
+    timings = {"load_weights_s": time.perf_counter() - t0}
+    matrix = int(cascade.branch.config["image_size"])
+    grid = model_grid(meta, matrix)
+    t0 = time.perf_counter()
+    low = resample_volume(volume_suv, meta.geometry, grid)
+    ref = reference_value(low, grid.spacing)
+    sino_grid = SinogramGeometry(n_views=int(cascade.branch.config["n_views"]),
+                                 n_bins=int(cascade.branch.config["n_bins"]), bin_mm=1.0)
+    sinograms = None
+    if opts.sino is not None:
+        sinograms = _model_sinograms(opts.sino, meta.geometry.shape[0], grid, sino_grid)
+        source = f"measured ({opts.sino})"
+    else:
+        source = "projected from the low-dose image (no --sino given)"
+        warnings.append("no sinogram given: the sinogram branch uses the projection of the "
+                        "low-dose image")
+    record = build_record(meta, drf=opts.drf)
+    prompt = render_prompt(record)
+    if (problem := uptake_warning(meta)) is not None:
+        warnings.append(problem)
+    timings["prepare_s"] = time.perf_counter() - t0
+
+    stacked = neighbour_stack(low / ref, cascade.neighbours)
+    generator = torch.Generator().manual_seed(opts.seed)
+    out = np.empty_like(low)
+    stage_s: dict[str, float] = {}
+    for start in range(0, low.shape[0], opts.batch_size):
+        stop = min(start + opts.batch_size, low.shape[0])
+        sino = None if sinograms is None else torch.from_numpy(sinograms[start:stop, None])
+        restored = cascade.restore(
+            torch.from_numpy(stacked[start:stop]), sino, prompt, steps=opts.steps,
+            sd2_steps=opts.sd2_steps, resample_step=opts.resample_step, sampler=opts.sampler,
+            generator=generator, use_sinogram=opts.use_sinogram, use_prompt=opts.use_prompt,
+            timings=stage_s)
+        out[start:stop] = restored[:, 0].float().cpu().numpy() * ref
+        bar.update(stop - start)
+    timings |= stage_s
+    t0 = time.perf_counter()
+    back = resample_volume(out, grid, meta.geometry)
+    timings["resample_back_s"] = time.perf_counter() - t0
+    info: dict[str, object] = {
+        "device": str(device),
+        "weights_sha256": cascade.hashes,
+        "model_grid": {"matrix": matrix, "pixel_mm": list(grid.spacing[:2])},
+        "intensity_reference": ref,
+        "sinogram": source,
+        "prompt": prompt,
+        "sampler": opts.sampler,
+        "steps": {"sd1": opts.steps, "sd2": min(opts.sd2_steps, opts.resample_step)},
+        "resample_step": opts.resample_step,
+        "seed": opts.seed,
+        "ablations": {"sinogram_branch": opts.use_sinogram, "prompt": opts.use_prompt},
+        "timings": timings,
+    }
+    return back, info
+
+
+METHODS = ("mig-dm", "gaussian")
+
+
+def _derivation(method: str, fwhm_mm: float, cascade: CascadeOptions) -> str:
+    text = f"petrecon {pet_recon.__version__}: low-dose PET restoration, method {method}"
+    if method == "gaussian":
+        return text + f", 3D Gaussian FWHM {fwhm_mm:g} mm"
+    return (text + f" (SRM, sinogram adapter, SD1 {cascade.steps} {cascade.sampler} steps, "
+            f"resample to step {cascade.resample_step}, SD2 {cascade.sd2_steps} steps, "
+            f"seed {cascade.seed})")
 
 
 def _versions() -> dict[str, str]:
@@ -122,6 +318,7 @@ def reconstruct(
     preview_path: Path | None = None,
     weight_kg: float | None = None,
     dose_mbq: float | None = None,
+    cascade: CascadeOptions | None = None,
     progress: bool = True,
 ) -> dict[str, object]:
     """Restore a low-dose PET series and write it as a derived DICOM series.
@@ -132,8 +329,9 @@ def reconstruct(
         Folder (searched recursively) or zip file with the low-dose PET series.
     out_dir : Path
         Folder for the derived series; must not exist or be empty unless ``overwrite``.
-    method : {"gaussian"}
-        Restoration method. ``gaussian``: 3D Gaussian post-filter of ``fwhm_mm``.
+    method : {"mig-dm", "gaussian"}
+        Restoration method. ``mig-dm``: the MiG-DM cascade (:mod:`pet_recon.cascade`) with
+        the shipped weights; ``gaussian``: 3D Gaussian post-filter of ``fwhm_mm``.
     fwhm_mm : float
         FWHM of the Gaussian filter in mm.
     series_uid : str, optional
@@ -144,6 +342,8 @@ def reconstruct(
         Where to write the JSON run report and the PNG preview.
     weight_kg, dose_mbq : float, optional
         Override patient weight and injected activity for SUV.
+    cascade : CascadeOptions, optional
+        Options of ``mig-dm`` (defaults when None).
     progress : bool
         Show a tqdm progress bar on stderr.
 
@@ -152,9 +352,11 @@ def reconstruct(
     dict
         The run report (also written to ``report_path`` when given).
     """
-    methods = {"gaussian": lambda vol, meta: gaussian_filter(vol, meta, fwhm_mm)}
-    if method not in methods:
-        raise PetReconError(f"unknown method {method!r}; choose one of {sorted(methods)}")
+    if method not in METHODS:
+        raise PetReconError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    cascade = cascade or CascadeOptions()
+    if method == "mig-dm" and cascade.sino is not None and not cascade.sino.exists():
+        raise PetReconError(f"{cascade.sino}: sinogram file not found")
     check_output_dir(out_dir, overwrite)
     _check_file_output(report_path, overwrite, "report")
     _check_file_output(preview_path, overwrite, "preview")
@@ -176,12 +378,20 @@ def reconstruct(
         warnings.append(f"SUV not available: {exc}")
         log.warning("SUV not available: %s", exc)
 
-    with tqdm(total=3, initial=1, desc="petrecon", unit="stage", disable=not progress) as bar:
+    n_slices = meta.geometry.shape[0]
+    details: dict[str, object] = {}
+    with tqdm(total=n_slices + 1, desc="petrecon", unit="slice", disable=not progress) as bar:
         t0 = time.perf_counter()
         bar.set_postfix_str(method)
-        restored = methods[method](volume, meta)
+        if method == "gaussian":
+            restored = gaussian_filter(volume, meta, fwhm_mm)
+            bar.update(n_slices)
+        else:
+            per_slice = factors[:, None, None] if factors is not None else 1.0
+            restored_suv, details = _restore_mig_dm(volume * per_slice, meta, cascade,
+                                                    warnings, bar)
+            restored = (restored_suv / per_slice).astype(np.float32)
         timings["restore_s"] = time.perf_counter() - t0
-        bar.update()
 
         t0 = time.perf_counter()
         bar.set_postfix_str("writing")
@@ -192,10 +402,7 @@ def reconstruct(
                 meta,
                 staging,
                 series_description=description[:64],
-                derivation_description=(
-                    f"petrecon {pet_recon.__version__}: low-dose PET restoration, method {method}"
-                    + (f", 3D Gaussian FWHM {fwhm_mm:g} mm" if method == "gaussian" else "")
-                ),
+                derivation_description=_derivation(method, fwhm_mm, cascade),
             )
         timings["write_s"] = time.perf_counter() - t0
         bar.update()
@@ -211,7 +418,7 @@ def reconstruct(
     report: dict[str, object] = {
         "versions": _versions(),
         "method": method,
-        "parameters": {"fwhm_mm": fwhm_mm} if method == "gaussian" else {},
+        "parameters": {"fwhm_mm": fwhm_mm} if method == "gaussian" else details,
         "input": {
             "path": str(in_path),
             "series_instance_uid": meta.source.series_instance_uid,

@@ -91,7 +91,7 @@ def test_cli_missing_patient_weight_warns_and_succeeds(tmp_path: Path) -> None:
     report = tmp_path / "run.json"
     result = run_petrecon(
         "reconstruct", "--in", str(tmp_path / "in"), "--out", str(tmp_path / "out"),
-        "--report", str(report), cwd=tmp_path,
+        "--method", "gaussian", "--report", str(report), cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr
     assert "error" not in result.stderr.lower()

@@ -141,6 +141,51 @@ def project_image(image: torch.Tensor, *, n_views: int | None = None,
         return projector.forward(image.float().clamp_min(0.0))
 
 
+def resample_sinogram(data: torch.Tensor, source: SinogramGeometry,
+                      target: SinogramGeometry) -> torch.Tensor:
+    """Interpolate sinograms onto another view/bin grid (bilinear in angle and offset).
+
+    Angles beyond the source's last view wrap to its first with the bins mirrored, since
+    ``(phi + pi, s)`` and ``(phi, -s)`` are the same line of response; bins outside the
+    source's range are 0. Planes are kept as they are.
+
+    Parameters
+    ----------
+    data : torch.Tensor
+        ``(planes, source.n_views, source.n_bins)`` counts.
+    source, target : SinogramGeometry
+        Grids of the input and of the output.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(planes, target.n_views, target.n_bins)`` float32, counts per target bin (values are
+        interpolated, then scaled by ``target.bin_mm / source.bin_mm`` so that a view's total
+        is kept).
+    """
+    if tuple(data.shape[1:]) != (source.n_views, source.n_bins):
+        raise ValueError(f"sinogram shape {tuple(data.shape)} does not match {source.shape}")
+    x = data.float()[:, None]
+    # Append view V (= view 0 mirrored) so that interpolation can wrap around pi.
+    x = torch.cat([x, x[:, :, :1].flip(-1)], dim=2)
+    dphi = math.pi / source.n_views
+    phi = torch.as_tensor(target.angles_rad(), dtype=torch.float32) - math.radians(
+        source.view_offset_deg)
+    phi = torch.remainder(phi, 2 * math.pi)
+    flip = phi >= math.pi  # (phi, s) == (phi - pi, -s)
+    phi = torch.where(flip, phi - math.pi, phi)
+    s_mm = torch.as_tensor(target.bins_mm(), dtype=torch.float32)
+    v = phi / dphi  # fractional source view, 0 .. V
+    b = s_mm / source.bin_mm + (source.n_bins - 1) / 2.0
+    bins = torch.where(flip[:, None], (source.n_bins - 1) - b[None, :], b[None, :])
+    grid_x = 2.0 * bins / (source.n_bins - 1) - 1.0 if source.n_bins > 1 else bins * 0
+    grid_y = (2.0 * v / source.n_views - 1.0)[:, None].expand_as(grid_x)
+    grid = torch.stack([grid_x, grid_y], dim=-1)[None].expand(x.shape[0], -1, -1, -1)
+    out = F.grid_sample(x.to(data.device), grid.to(data.device), mode="bilinear",
+                        padding_mode="zeros", align_corners=True)
+    return out[:, 0] * (target.bin_mm / source.bin_mm)
+
+
 def pad_sinogram(x: torch.Tensor, views: int, bins: int) -> torch.Tensor:
     """Pad sinograms using their symmetry along views and zeros along bins.
 
