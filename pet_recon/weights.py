@@ -8,9 +8,11 @@ their SHA-256, config, training data and steps, git commit and validation metric
 (:func:`update_manifest`). :func:`load_model` hashes a file and compares it with the manifest
 next to it (or a hash the caller gives) before reading anything from it.
 
-Shipped weights live in the package folder ``pet_recon/_weights/`` (installed with the
-package as package data); the environment variable ``PETRECON_WEIGHTS`` points to another
-folder instead (:func:`weights_dir`).
+Shipped weights live in the repository's top-level ``weights/`` folder; the package reaches
+them as ``pet_recon/_weights`` (a link to ``../weights`` in a source checkout, copied in as
+package data when a wheel is built), so an installed package finds them too. The
+environment variable ``PETRECON_WEIGHTS`` points to another folder instead
+(:func:`weights_dir`).
 """
 
 from __future__ import annotations
