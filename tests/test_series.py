@@ -13,7 +13,7 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import generate_uid
+from pydicom.uid import JPEG2000Lossless, RLELossless, generate_uid
 
 from pet_recon.errors import PetReconError
 from pet_recon.io.series import find_series, read_series
@@ -343,3 +343,17 @@ def test_read_series_anonymised_age_is_unknown(shared_data: Path, tmp_path: Path
 
     _, meta = read_series(_write_series(shared_data, tmp_path / "in", placeholder))
     assert meta.patient.age_years is None
+
+
+@pytest.mark.parametrize("syntax", [RLELossless, JPEG2000Lossless])
+def test_read_series_compressed_transfer_syntaxes(shared_data: Path, tmp_path: Path,
+                                                  syntax: str) -> None:
+    def compress(_: int, ds: Dataset) -> None:
+        ds.compress(syntax)
+
+    plain, _ = read_series(_write_series(shared_data, tmp_path / "plain"))
+    packed_dir = _write_series(shared_data, tmp_path / "packed", compress)
+    first = sorted(packed_dir.glob("*.dcm"))[0]
+    assert pydicom.dcmread(first).file_meta.TransferSyntaxUID == syntax
+    packed, _ = read_series(packed_dir)
+    np.testing.assert_array_equal(packed, plain)
