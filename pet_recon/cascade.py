@@ -19,7 +19,7 @@ Intensities are in the space of :mod:`pet_recon.models.intensity` (``x = SUV / r
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,7 +99,7 @@ class Cascade:
         self,
         low_dose: torch.Tensor,
         sinograms: torch.Tensor | None,
-        prompt: str,
+        prompt: str | Sequence[str],
         *,
         steps: int = 10,
         sd2_steps: int = 5,
@@ -122,8 +122,9 @@ class Cascade:
             ``(B, 1, views, bins)`` prompts of the centre planes on the projector grid of an
             ``H x H`` image (:func:`pet_recon.models.sinogram.project_image` layout); None:
             the projection of the low-dose image is used instead.
-        prompt : str
-            The meta-information prompt (:func:`pet_recon.meta.prompt.render_prompt`).
+        prompt : str or sequence of str
+            The meta-information prompt (:func:`pet_recon.meta.prompt.render_prompt`), one
+            for the whole batch or one per slice.
         steps, sd2_steps : int
             Sampler steps of SD1 (from ``T``) and SD2 (from ``resample_step``).
         resample_step : int
@@ -170,8 +171,8 @@ class Cascade:
         clock.lap("sd1_s")
         if resample_step == 0:
             return x
-        ids, numeric, mask = (t.to(self.device) for t in
-                              self.tokenizer.encode_batch([prompt] * x.shape[0]))
+        prompts = [prompt] * x.shape[0] if isinstance(prompt, str) else list(prompt)
+        ids, numeric, mask = (t.to(self.device) for t in self.tokenizer.encode_batch(prompts))
         tokens, _ = self.encoder.text(ids, numeric, mask)
         if not use_prompt:
             mask = torch.zeros_like(mask)

@@ -283,3 +283,18 @@ def train(
         data=data, out=out_dir, steps=steps, device=_device(device), batch_size=batch_size,
         lr=lr, seed=seed, frozen=frozen, trust_frozen=trust_frozen, resume=resume, bf16=bf16))
     typer.echo(json.dumps({k: report[k] for k in ("stage", "seconds", "weights", "metrics")}))
+
+
+@app.command()
+@_user_errors
+def publish(
+    runs: Annotated[Path, typer.Option(help="Folder with srm/, mi-encoder/, sd1/, sd2/ runs.")],
+    data: Annotated[Path, typer.Option(help="Shards folder (validation split is used).")],
+    weights: Annotated[Path, typer.Option(help="Weights folder to write.")] = Path("weights"),
+    device: Device = "auto",
+) -> None:
+    """Copy trained weights into a weights folder and list them in its manifest."""
+    from pet_recon.training import publish as run
+
+    _setup_logging(quiet=False)
+    typer.echo(json.dumps(run(runs, weights, data, _device(device)), indent=2))

@@ -515,3 +515,87 @@ def train(stage: str, opts: TrainOptions) -> dict[str, Any]:
     }
     (opts.out / f"{stage}.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+@torch.no_grad()
+def validate_cascade(folder: Path, data: Path, device: torch.device, *, slices: int = 32,
+                     steps: int = 10, sd2_steps: int = 5, resample_step: int = 50,
+                     seed: int = 0) -> dict[str, float]:
+    """PSNR (dB, against full dose, whole slice, range = full-dose max) of the low-dose
+    input, SD1 alone and the whole cascade on ``slices`` validation slices, with the
+    weights in ``folder`` (verified against its manifest)."""
+    from pet_recon.cascade import Cascade
+    from pet_recon.metrics import psnr
+
+    cascade = Cascade.load(folder, device)
+    stream = SliceStream(data, "val", neighbours=cascade.neighbours, seed=seed,
+                         cases_in_flight=16)
+    items = [item for _, item in zip(range(slices), stream, strict=False)]
+    scores: dict[str, list[float]] = {"low_dose": [], "sd1": [], "cascade": []}
+    generator = torch.Generator().manual_seed(seed)
+    for start in range(0, len(items), 8):
+        batch = _collate(items[start:start + 8])
+        ref = batch["ref"][:, None, None, None]
+        low = batch["ld"] / ref
+        for name, n in (("sd1", 0), ("cascade", resample_step)):
+            out = cascade.restore(low, batch["sino_ld"], batch["prompt"],
+                                  steps=steps, sd2_steps=sd2_steps, resample_step=n,
+                                  generator=generator) * ref.to(device)
+            for i in range(out.shape[0]):
+                fd = batch["fd"][i, 0].numpy()
+                scores[name].append(psnr(out[i, 0].float().cpu().numpy(), fd))
+        for i in range(low.shape[0]):
+            c = cascade.neighbours
+            scores["low_dose"].append(psnr(batch["ld"][i, c].numpy(), batch["fd"][i, 0].numpy()))
+    return {f"psnr_db_{k}": float(np.median(v)) for k, v in scores.items()} | {
+        "val_slices": len(items), "steps": steps, "sd2_steps": sd2_steps,
+        "resample_step": resample_step}
+
+
+PUBLISHED = {"srm": ("srm.safetensors",), "mi-encoder": ("mi-encoder.safetensors",),
+             "sd1": ("sd1.safetensors", "sinogram-branch.safetensors"),
+             "sd2": ("sd2.safetensors",)}
+
+
+def publish(runs: Path, weights: Path, data: Path, device: torch.device) -> dict[str, Any]:
+    """Copy the weights of the four runs ``runs/<stage>/`` into ``weights`` and list them in
+    its ``manifest.json`` (SHA-256, config, training report, validation metrics).
+
+    The cascade is validated on the data's validation split with the copied weights; its
+    PSNRs are recorded for SD1, the sinogram branch and SD2.
+    """
+    import shutil
+
+    from pet_recon.weights import update_manifest
+
+    weights.mkdir(parents=True, exist_ok=True)
+    reports = {}
+    for stage, names in PUBLISHED.items():
+        report_path = runs / stage / f"{stage}.json"
+        if not report_path.exists():
+            raise PetReconError(f"{report_path}: no training report (train {stage} first)")
+        reports[stage] = json.loads(report_path.read_text())
+        for name in names:
+            shutil.copyfile(runs / stage / name, weights / name)
+            # A provisional entry so that the cascade can be loaded for validation.
+            update_manifest(weights / name, name=name.removesuffix(".safetensors"),
+                            config={}, training={}, metrics={})
+    cascade_metrics = validate_cascade(weights, data, device)
+    entries = {}
+    for stage, names in PUBLISHED.items():
+        report = reports[stage]
+        metrics = report["metrics"] if stage in ("srm", "mi-encoder") else cascade_metrics
+        training = {"data": str(data), "steps": int(report["options"]["steps"]),
+                    "batch_size": int(report["options"]["batch_size"]),
+                    "seconds": round(report["seconds"], 1),
+                    "command": f"petrecon train {stage} --data DATA --out RUNS/{stage} "
+                               f"--steps {report['options']['steps']} "
+                               f"--batch-size {report['options']['batch_size']}"}
+        for name in names:
+            from safetensors import safe_open
+
+            with safe_open(str(weights / name), framework="pt") as f:
+                config = json.loads(f.metadata()["config"])
+            entries[name] = update_manifest(weights / name, name=name.removesuffix(
+                ".safetensors"), config=config, training=training, metrics=metrics)
+    return {"weights": str(weights), "validation": cascade_metrics, "entries": list(entries)}

@@ -117,3 +117,16 @@ def test_reconstruct_mig_dm_end_to_end(runs: Path, tmp_path: Path) -> None:
     np.testing.assert_array_equal(out0, out1)  # deterministic with the seed
     assert out0.shape == (3, 32, 32) and np.isfinite(out0).all()
     assert meta0.units == "BQML"
+
+
+def test_publish_lists_weights_with_validation_metrics(runs: Path) -> None:
+    from pet_recon.training import publish
+
+    result = publish(runs, runs / "published", runs / "data", CPU)
+    manifest = json.loads((runs / "published" / "manifest.json").read_text())
+    assert {"srm.safetensors", "mi-encoder.safetensors", "sd1.safetensors", "sd2.safetensors",
+            "sinogram-branch.safetensors"} <= set(manifest["models"])
+    assert manifest["models"]["sd2.safetensors"]["training"]["steps"] == 2
+    assert result["validation"]["val_slices"] > 0
+    assert "psnr_db_cascade" in result["validation"]
+    Cascade.load(runs / "published", CPU)  # every hash verifies
