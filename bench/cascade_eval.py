@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 from pet_recon.io.metadata import SeriesMeta
+from pet_recon.io.sinogram import write_sinogram
 from pet_recon.metrics import body_mask, psnr
 from pet_recon.physics.phantoms import LESION_BASE
 from pet_recon.physics.simulate import SimulatedCase, series_meta, simulate_case
@@ -33,6 +35,7 @@ from pet_recon.pipeline import CascadeOptions, _restore_mig_dm, gaussian_filter
 FWHM_GRID_MM = (2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0)
 VARIANTS = {
     "mig-dm": {},
+    "mig-dm, projected sinogram": {"sino": None},
     "mig-dm, no sinogram branch": {"use_sinogram": False},
     "mig-dm, blank prompt": {"use_prompt": False},
 }
@@ -92,6 +95,7 @@ def main() -> None:
     cpu = torch.device("cpu")
     results: dict[str, object] = {"drf": args.drf, "families": {}}
     rows = []
+    tmp = tempfile.mkdtemp(prefix="petrecon-bench-")
     for family in args.families:
         val = [simulate_case(family, s, drfs=(args.drf,), device=cpu) for s in (8, 18)]
         fwhm = tune_fwhm(val, args.drf)
@@ -104,10 +108,12 @@ def main() -> None:
             t0 = time.perf_counter()
             outputs[f"Gaussian {fwhm:g} mm"] = (gaussian_filter(ld, meta, fwhm),
                                                 time.perf_counter() - t0)
+            sino = write_sinogram(Path(tmp) / f"{case.case_id}.hs", case.prompts[args.drf],
+                                  case.sinogram, dtype="int16")
             for name, flags in VARIANTS.items():
                 opts = CascadeOptions(drf=args.drf, steps=args.steps, sd2_steps=args.sd2_steps,
                                       resample_step=args.resample_step, weights=args.weights,
-                                      device="cpu", **flags)
+                                      device="cpu", **{"sino": sino, **flags})
                 t0 = time.perf_counter()
                 restored, _ = _restore_mig_dm(ld, meta, opts, [], _NullBar())
                 outputs[name] = (restored, time.perf_counter() - t0)
