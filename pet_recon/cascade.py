@@ -94,6 +94,10 @@ class Cascade:
                    neighbours=int(extra["neighbours"]), device=device,
                    hashes={role: sha256_file(p) for role, p in paths.items()})
 
+    def _autocast(self) -> torch.autocast:
+        """bf16 autocast, as in training (about 2x faster convolutions on a CPU)."""
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+
     @torch.no_grad()
     def restore(
         self,
@@ -158,11 +162,13 @@ class Cascade:
             sino = sinograms if sinograms is not None else project_image(
                 x_cond[:, c : c + 1])
             s, _ = normalise_sinogram(sino.to(self.device, torch.float32))
-            features = self.branch(self.srm(s))
+            with self._autocast():
+                features = self.branch(self.srm(s))
         clock.lap("sinogram_branch_s")
 
         def sd1_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            return self.sd1(torch.cat([x_t, x_cond], 1), t, stage_features=features)
+            with self._autocast():
+                return self.sd1(torch.cat([x_t, x_cond], 1), t, stage_features=features).float()
 
         x_T = randn_like(x_cond[:, :1], generator)
         x = sample(sd1_fn, x_T, self.schedule, t_start=self.schedule.num_steps, steps=steps,
@@ -178,7 +184,9 @@ class Cascade:
             mask = torch.zeros_like(mask)
 
         def sd2_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            return self.sd2(torch.cat([x_t, x_cond], 1), t, context=tokens, context_mask=mask)
+            with self._autocast():
+                return self.sd2(torch.cat([x_t, x_cond], 1), t, context=tokens,
+                                context_mask=mask).float()
 
         x_n = resample(x, resample_step, self.schedule, generator)
         x = sample(sd2_fn, x_n, self.schedule, t_start=resample_step,

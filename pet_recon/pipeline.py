@@ -29,6 +29,7 @@ from pet_recon.io.series import read_series
 from pet_recon.io.suv import SuvUnavailable, suv_scale
 from pet_recon.io.writer import write_derived_series
 from pet_recon.meta.prompt import build_record, render_prompt, uptake_warning
+from pet_recon.metrics import body_mask
 from pet_recon.models.intensity import reference_value
 from pet_recon.output import check_output_dir, staged_output
 from pet_recon.physics.geometry import SinogramGeometry
@@ -98,6 +99,10 @@ class CascadeOptions:
         Weights folder (default: the shipped weights or ``$PETRECON_WEIGHTS``).
     use_sinogram, use_prompt : bool
         Ablations: no sinogram branch; blank prompt.
+    preserve_mean : bool
+        Scale the restored volume so that its mean inside the body equals the low-dose
+        input's: the mean over a whole body is measured with almost no noise even at low
+        dose, so the restoration must not change it (the factor is reported).
     """
 
     sino: Path | None = None
@@ -112,6 +117,7 @@ class CascadeOptions:
     weights: Path | None = None
     use_sinogram: bool = True
     use_prompt: bool = True
+    preserve_mean: bool = True
 
 
 def resolve_device(name: str) -> torch.device:
@@ -226,6 +232,12 @@ def _restore_mig_dm(volume_suv: np.ndarray, meta: SeriesMeta, opts: CascadeOptio
         out[start:stop] = restored[:, 0].float().cpu().numpy() * ref
         bar.update(stop - start)
     timings |= stage_s
+    rescale = 1.0
+    if opts.preserve_mean:
+        body = body_mask(low, grid.spacing)
+        if body.any() and float(out[body].mean()) > 0:
+            rescale = float(low[body].mean()) / float(out[body].mean())
+            out *= rescale
     t0 = time.perf_counter()
     back = resample_volume(out, grid, meta.geometry)
     timings["resample_back_s"] = time.perf_counter() - t0
@@ -234,6 +246,7 @@ def _restore_mig_dm(volume_suv: np.ndarray, meta: SeriesMeta, opts: CascadeOptio
         "weights_sha256": cascade.hashes,
         "model_grid": {"matrix": matrix, "pixel_mm": list(grid.spacing[:2])},
         "intensity_reference": ref,
+        "mean_preserving_factor": rescale,
         "sinogram": source,
         "prompt": prompt,
         "sampler": opts.sampler,
