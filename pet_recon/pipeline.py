@@ -290,11 +290,11 @@ def _versions() -> dict[str, str]:
     }
 
 
-def _suv_stats(volume: np.ndarray, factors: np.ndarray | None) -> dict[str, float] | None:
-    if factors is None:
-        return None
+def _suv_stats(volume: np.ndarray, factors: np.ndarray, body: np.ndarray) -> dict[str, float]:
+    """SUV max of the volume and mean SUV inside the body mask (of the input)."""
     suv = volume * factors[:, None, None]
-    return {"suv_max": float(suv.max()), "suv_mean": float(suv.mean())}
+    return {"suv_max": float(suv.max()),
+            "suv_mean_body": float(suv[body].mean()) if body.any() else float("nan")}
 
 
 def _check_file_output(path: Path | None, overwrite: bool, what: str) -> None:
@@ -428,6 +428,7 @@ def reconstruct(
             volume, restored, p, suv_factor=first, spacing=meta.geometry.spacing,
             units=meta.units))
 
+    body = body_mask(volume, meta.geometry.spacing)
     report: dict[str, object] = {
         "versions": _versions(),
         "method": method,
@@ -439,12 +440,12 @@ def reconstruct(
             "matrix": list(meta.geometry.shape[1:]),
             "units": meta.units,
             "suv_type": suv_type,
-            **({"suv": _suv_stats(volume, factors)} if factors is not None else {}),
+            **({"suv": _suv_stats(volume, factors, body)} if factors is not None else {}),
         },
         "output": {
             "path": str(out_dir),
             "n_files": len(files),
-            **({"suv": _suv_stats(restored, factors)} if factors is not None else {}),
+            **({"suv": _suv_stats(restored, factors, body)} if factors is not None else {}),
         },
         "timings": timings,
         "warnings": warnings,
