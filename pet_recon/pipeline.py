@@ -155,9 +155,8 @@ def resample_volume(volume: np.ndarray, source: VolumeGeometry,
     image = source.to_sitk(volume.astype(np.float32))
     factor = max(t / s for t, s in zip(target.spacing[:2], source.spacing[:2], strict=True))
     if factor > 1.2:
-        sigma = [0.4 * t for t in target.spacing[:2]] + [1e-3]
-        image = sitk.SmoothingRecursiveGaussian(image, sigma) if min(source.shape) >= 4 else \
-            sitk.DiscreteGaussian(image, [s * s for s in sigma], useImageSpacing=True)
+        variance = [(0.4 * t) ** 2 for t in target.spacing[:2]] + [0.0]  # in-plane only
+        image = sitk.DiscreteGaussian(image, variance, useImageSpacing=True)
     reference = target.to_sitk(np.zeros(target.shape, np.float32))
     out = sitk.Resample(image, reference, sitk.Transform(), sitk.sitkLinear, 0.0)
     return sitk.GetArrayFromImage(out).astype(np.float32)

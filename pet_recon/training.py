@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -56,9 +57,10 @@ from pet_recon.models.sinogram import (
     crop_stage_features,
     normalise_sinogram,
     poisson_loss,
+    project_image,
 )
 from pet_recon.models.unet import UNet
-from pet_recon.weights import load_model, save_model
+from pet_recon.weights import load_model, save_model, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -167,8 +169,6 @@ def _save_checkpoint(path: Path, step: int, module: nn.Module, ema: EMA,
 
 def _load_checkpoint(path: Path, module: nn.Module, ema: EMA,
                      optimizer: torch.optim.Optimizer) -> int:
-    from safetensors import safe_open
-
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
     tensors = load_file(str(path))
@@ -260,8 +260,6 @@ def _frozen_path(opts: TrainOptions, name: str) -> Path:
 
 
 def _trusted_hash(path: Path, opts: TrainOptions) -> str | None:
-    from pet_recon.weights import sha256_file
-
     return sha256_file(path) if opts.trust_frozen else None
 
 
@@ -403,8 +401,6 @@ def _sinogram_input(batch: dict[str, Any], srm: SinogramRestoration, device: tor
                     rng: random.Random) -> torch.Tensor:
     """Restored, normalised sinograms ``(B, 1, views, bins)``; some replaced by the
     projection of the low-dose image (the fallback used when no sinogram is given)."""
-    from pet_recon.models.sinogram import project_image
-
     sino = batch["sino_ld"].to(device)
     ld = batch["ld"][:, NEIGHBOURS : NEIGHBOURS + 1].to(device)
     use_projection = [rng.random() < PROJECTED_SINOGRAM_P for _ in range(sino.shape[0])]
@@ -426,8 +422,8 @@ def _train_sd(stage: str, opts: TrainOptions) -> dict[str, Any]:
     first = next(batches)
     size = first["ld"].shape[-1]
     if stage == "sd1":
-        srm = load_srm(_frozen_path(opts, "srm.safetensors"), opts.device,
-                       _trusted_hash(_frozen_path(opts, "srm.safetensors"), opts))
+        srm_path = _frozen_path(opts, "srm.safetensors")
+        srm = load_srm(srm_path, opts.device, _trusted_hash(srm_path, opts))
         unet = _sd_unet(None)
         branch = SinogramBranch(stage_channels=unet.stage_channels, image_size=size,
                                 n_views=first["sino_ld"].shape[-2],
@@ -435,9 +431,9 @@ def _train_sd(stage: str, opts: TrainOptions) -> dict[str, Any]:
         module: nn.Module = SD1(unet, branch)
         max_t = schedule.num_steps
     else:
+        encoder_path = _frozen_path(opts, "mi-encoder.safetensors")
         encoder, tokenizer = load_meta_encoder(
-            _frozen_path(opts, "mi-encoder.safetensors"), device=opts.device,
-            expected_sha256=_trusted_hash(_frozen_path(opts, "mi-encoder.safetensors"), opts))
+            encoder_path, device=opts.device, expected_sha256=_trusted_hash(encoder_path, opts))
         for p in encoder.parameters():
             p.requires_grad_(False)
         module = _sd_unet(encoder.config["width"])
@@ -592,8 +588,6 @@ def publish(runs: Path, weights: Path, data: Path, device: torch.device) -> dict
                                f"--steps {report['options']['steps']} "
                                f"--batch-size {report['options']['batch_size']}"}
         for name in names:
-            from safetensors import safe_open
-
             with safe_open(str(weights / name), framework="pt") as f:
                 config = json.loads(f.metadata()["config"])
             entries[name] = update_manifest(weights / name, name=name.removesuffix(
