@@ -112,6 +112,7 @@ class Cascade:
         generator: torch.Generator | None = None,
         use_sinogram: bool = True,
         use_prompt: bool = True,
+        sd2_first: bool = False,
         callback: Callable[[str, Any], None] | None = None,
         timings: dict[str, float] | None = None,
     ) -> torch.Tensor:
@@ -138,6 +139,9 @@ class Cascade:
             For the initial noise, the resampling noise and DDPM; makes runs reproducible.
         use_sinogram, use_prompt : bool
             Ablations: zero the sinogram features; blank the prompt (all tokens masked).
+        sd2_first : bool
+            Ablation: swap the stages' order (SD2 samples from ``T``, its output is re-noised
+            to ``N`` and SD1 finishes); SD2 was trained on ``t <= 400`` only.
         callback : callable, optional
             ``callback(stage, step_info)`` after every sampler step (``stage`` is "sd1" or
             "sd2").
@@ -170,14 +174,7 @@ class Cascade:
             with self._autocast():
                 return self.sd1(torch.cat([x_t, x_cond], 1), t, stage_features=features).float()
 
-        x_T = randn_like(x_cond[:, :1], generator)
-        x = sample(sd1_fn, x_T, self.schedule, t_start=self.schedule.num_steps, steps=steps,
-                   generator=generator,
-                   callback=None if callback is None else lambda i: callback("sd1", i))
-        clock.lap("sd1_s")
-        if resample_step == 0:
-            return x
-        prompts = [prompt] * x.shape[0] if isinstance(prompt, str) else list(prompt)
+        prompts = [prompt] * x_cond.shape[0] if isinstance(prompt, str) else list(prompt)
         ids, numeric, mask = (t.to(self.device) for t in self.tokenizer.encode_batch(prompts))
         tokens, _ = self.encoder.text(ids, numeric, mask)
         if not use_prompt:
@@ -188,11 +185,20 @@ class Cascade:
                 return self.sd2(torch.cat([x_t, x_cond], 1), t, context=tokens,
                                 context_mask=mask).float()
 
+        (first, first_fn), (second, second_fn) = (("sd1", sd1_fn), ("sd2", sd2_fn))[
+            :: -1 if sd2_first else 1]
+        x_T = randn_like(x_cond[:, :1], generator)
+        x = sample(first_fn, x_T, self.schedule, t_start=self.schedule.num_steps, steps=steps,
+                   generator=generator,
+                   callback=None if callback is None else lambda i: callback(first, i))
+        clock.lap(f"{first}_s")
+        if resample_step == 0:
+            return x
         x_n = resample(x, resample_step, self.schedule, generator)
-        x = sample(sd2_fn, x_n, self.schedule, t_start=resample_step,
+        x = sample(second_fn, x_n, self.schedule, t_start=resample_step,
                    steps=min(sd2_steps, resample_step), generator=generator,
-                   callback=None if callback is None else lambda i: callback("sd2", i))
-        clock.lap("sd2_s")
+                   callback=None if callback is None else lambda i: callback(second, i))
+        clock.lap(f"{second}_s")
         return x
 
 

@@ -91,6 +91,9 @@ def reconstruct(
     ] = 50,
     sampler: Annotated[str, typer.Option(help="ddim or ddpm.")] = "ddim",
     seed: Annotated[int, typer.Option(min=0, help="Seed: same seed, same output.")] = 0,
+    samples: Annotated[
+        int, typer.Option(min=1, max=64, help="Average this many samples (K times slower).")
+    ] = 1,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     batch_size: Annotated[int, typer.Option(min=1, max=512, help="Slices at once.")] = 8,
     weights: Annotated[
@@ -118,7 +121,8 @@ def reconstruct(
         raise PetReconError(f"--sampler must be ddim or ddpm, got {sampler!r}")
     options = CascadeOptions(sino=sino, drf=drf, steps=steps, sd2_steps=sd2_steps,
                              resample_step=resample_step, sampler=sampler, seed=seed,
-                             device=device, batch_size=batch_size, weights=weights)
+                             samples=samples, device=device, batch_size=batch_size,
+                             weights=weights)
     result = run(
         in_path, out_dir, method=method, fwhm_mm=fwhm, series_uid=series_uid,
         overwrite=overwrite, report_path=report, preview_path=preview,

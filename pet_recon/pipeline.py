@@ -97,8 +97,13 @@ class CascadeOptions:
         Slices restored at once.
     weights : Path or None
         Weights folder (default: the shipped weights or ``$PETRECON_WEIGHTS``).
-    use_sinogram, use_prompt : bool
-        Ablations: no sinogram branch; blank prompt.
+    samples : int
+        Restore the volume this many times (different noise draws) and average: lowers
+        the sampling noise at ``samples`` times the cost.
+    use_sinogram, use_prompt, sd2_first : bool
+        Ablations: no sinogram branch; blank prompt; SD2 before SD1.
+    prompt : str or None
+        Ablation: this prompt instead of the one built from the series' DICOM tags.
     preserve_mean : bool
         Scale the restored volume so that its mean inside the body equals the low-dose
         input's: the mean over a whole body is measured with almost no noise even at low
@@ -115,8 +120,11 @@ class CascadeOptions:
     device: str = "auto"
     batch_size: int = 8
     weights: Path | None = None
+    samples: int = 1
     use_sinogram: bool = True
     use_prompt: bool = True
+    sd2_first: bool = False
+    prompt: str | None = None
     preserve_mean: bool = True
 
 
@@ -210,26 +218,27 @@ def _restore_mig_dm(volume_suv: np.ndarray, meta: SeriesMeta, opts: CascadeOptio
         source = "projected from the low-dose image (no --sino given)"
         warnings.append("no sinogram given: the sinogram branch uses the projection of the "
                         "low-dose image")
-    record = build_record(meta, drf=opts.drf)
-    prompt = render_prompt(record)
+    prompt = opts.prompt if opts.prompt is not None else render_prompt(
+        build_record(meta, drf=opts.drf))
     if (problem := uptake_warning(meta)) is not None:
         warnings.append(problem)
     timings["prepare_s"] = time.perf_counter() - t0
 
     stacked = neighbour_stack(low / ref, cascade.neighbours)
     generator = torch.Generator().manual_seed(opts.seed)
-    out = np.empty_like(low)
+    out = np.zeros_like(low)
     stage_s: dict[str, float] = {}
-    for start in range(0, low.shape[0], opts.batch_size):
-        stop = min(start + opts.batch_size, low.shape[0])
-        sino = None if sinograms is None else torch.from_numpy(sinograms[start:stop, None])
-        restored = cascade.restore(
-            torch.from_numpy(stacked[start:stop]), sino, prompt, steps=opts.steps,
-            sd2_steps=opts.sd2_steps, resample_step=opts.resample_step, sampler=opts.sampler,
-            generator=generator, use_sinogram=opts.use_sinogram, use_prompt=opts.use_prompt,
-            timings=stage_s)
-        out[start:stop] = restored[:, 0].float().cpu().numpy() * ref
-        bar.update(stop - start)
+    for _ in range(opts.samples):
+        for start in range(0, low.shape[0], opts.batch_size):
+            stop = min(start + opts.batch_size, low.shape[0])
+            sino = None if sinograms is None else torch.from_numpy(sinograms[start:stop, None])
+            restored = cascade.restore(
+                torch.from_numpy(stacked[start:stop]), sino, prompt, steps=opts.steps,
+                sd2_steps=opts.sd2_steps, resample_step=opts.resample_step,
+                sampler=opts.sampler, generator=generator, use_sinogram=opts.use_sinogram,
+                use_prompt=opts.use_prompt, sd2_first=opts.sd2_first, timings=stage_s)
+            out[start:stop] += restored[:, 0].float().cpu().numpy() * (ref / opts.samples)
+            bar.update(stop - start)
     timings |= stage_s
     rescale = 1.0
     if opts.preserve_mean:
@@ -252,7 +261,9 @@ def _restore_mig_dm(volume_suv: np.ndarray, meta: SeriesMeta, opts: CascadeOptio
         "steps": {"sd1": opts.steps, "sd2": min(opts.sd2_steps, opts.resample_step)},
         "resample_step": opts.resample_step,
         "seed": opts.seed,
-        "ablations": {"sinogram_branch": opts.use_sinogram, "prompt": opts.use_prompt},
+        "samples_averaged": opts.samples,
+        "ablations": {"sinogram_branch": opts.use_sinogram, "prompt": opts.use_prompt,
+                      "sd2_first": opts.sd2_first, "prompt_replaced": opts.prompt is not None},
         "timings": timings,
     }
     return back, info
@@ -267,7 +278,8 @@ def _derivation(method: str, fwhm_mm: float, cascade: CascadeOptions) -> str:
         return text + f", 3D Gaussian FWHM {fwhm_mm:g} mm"
     return (text + f" (SRM, sinogram adapter, SD1 {cascade.steps} {cascade.sampler} steps, "
             f"resample to step {cascade.resample_step}, SD2 {cascade.sd2_steps} steps, "
-            f"seed {cascade.seed})")
+            f"seed {cascade.seed}"
+            + (f", mean of {cascade.samples} samples)" if cascade.samples > 1 else ")"))
 
 
 def _versions() -> dict[str, str]:
@@ -392,13 +404,15 @@ def reconstruct(
 
     n_slices = meta.geometry.shape[0]
     details: dict[str, object] = {}
-    with tqdm(total=n_slices + 1, desc="petrecon", unit="slice", disable=not progress) as bar:
+    passes = cascade.samples if method == "mig-dm" else 1
+    with tqdm(total=n_slices * passes + 1, desc="petrecon", unit="slice",
+              disable=not progress) as bar:
         t0 = time.perf_counter()
         bar.set_postfix_str(method)
         if method == "gaussian":
             restored = gaussian_filter(volume, meta, fwhm_mm)
             bar.update(n_slices)
-        else:
+        else:  # mig-dm updates the bar once per slice and sample
             per_slice = factors[:, None, None] if factors is not None else 1.0
             restored_suv, details = _restore_mig_dm(volume * per_slice, meta, cascade,
                                                     warnings, bar)

@@ -11,6 +11,9 @@ Stages (Geng et al., arXiv:2512.22237, Sec. III; training order of its "critical
 - ``sd2``: the diffusion U-Net conditioned on the low-dose slice that cross-attends to the
   frozen meta-information encoder's prompt tokens; trained on timesteps up to
   :data:`SD2_MAX_T` because it only ever starts from SD1's output re-noised to step N.
+- ``unet``: not part of the cascade; the supervised baseline of the benchmark, the same
+  U-Net without timestep or noisy input, regressing the full-dose slice from the low-dose
+  planes with the same loss, patches and optimiser.
 
 Both diffusion models predict the clean image ``x0`` (see :mod:`pet_recon.diffusion`) in the
 intensity space of :mod:`pet_recon.models.intensity`, with the loss ``||f(x_t, t) - x0||^2``
@@ -64,7 +67,7 @@ from pet_recon.weights import load_model, save_model, sha256_file
 
 log = logging.getLogger(__name__)
 
-STAGES = ("mi-encoder", "srm", "sd1", "sd2")
+STAGES = ("mi-encoder", "srm", "sd1", "sd2", "unet")
 #: SD2 is trained on timesteps 1..SD2_MAX_T (it starts from step N <= 400).
 SD2_MAX_T = 400
 #: Probability that SD1 sees the projection of the low-dose image instead of the measured
@@ -474,6 +477,50 @@ def _train_sd(stage: str, opts: TrainOptions) -> dict[str, Any]:
     return {"weights": str(path), "metrics": {}}
 
 
+def _train_unet(opts: TrainOptions) -> dict[str, Any]:
+    rng = random.Random(opts.seed)
+    torch.manual_seed(opts.seed)
+    stream = SliceStream(opts.data, "train", neighbours=NEIGHBOURS, seed=opts.seed)
+    batches = _batches(stream, opts.batch_size)
+    model = UNet(in_channels=1 + 2 * NEIGHBOURS, out_channels=1, time_embedding=False)
+    run = _Run("unet", model, opts)
+    for step in range(run.start, opts.steps):
+        batch = next(batches)
+        ref = batch["ref"].to(opts.device)[:, None, None, None]
+        ld = batch["ld"].to(opts.device) / ref
+        fd = batch["fd"].to(opts.device) / ref
+        oy, ox = _crop_offsets(ld.shape[-1], opts.patch, rng)
+        window = (slice(None), slice(None), slice(oy, oy + opts.patch), slice(ox, ox + opts.patch))
+        with _autocast(opts.device, opts.bf16):
+            pred = run.module(ld[window], None)
+        loss = nn.functional.mse_loss(pred.float(), fd[window])
+        run.step(step, loss)
+    path = opts.out / "unet.safetensors"
+    save_model(run.ema.model, path, extra={"neighbours": NEIGHBOURS})
+    return {"weights": str(path), "metrics": _validate_unet(run.ema.model, opts)}
+
+
+@torch.no_grad()
+def _validate_unet(model: nn.Module, opts: TrainOptions, slices: int = 32) -> dict[str, float]:
+    """Median PSNR (dB, whole slice, range = full-dose max) of the low-dose input and the
+    U-Net on ``slices`` validation slices (the slices :func:`validate_cascade` uses)."""
+    from pet_recon.metrics import psnr
+
+    model.eval()
+    stream = SliceStream(opts.data, "val", neighbours=NEIGHBOURS, seed=0, cases_in_flight=16)
+    items = [item for _, item in zip(range(slices), stream, strict=False)]
+    low, out = [], []
+    for item in items:
+        ld = item["ld"][None].to(opts.device) / item["ref"]
+        with _autocast(opts.device, opts.bf16):
+            pred = model(ld, None).float()[0, 0].cpu().numpy() * item["ref"]
+        fd = item["fd"][0].numpy()
+        low.append(psnr(item["ld"][NEIGHBOURS].numpy(), fd))
+        out.append(psnr(pred, fd))
+    return {"psnr_db_low_dose": float(np.median(low)), "psnr_db_unet": float(np.median(out)),
+            "val_slices": len(items)}
+
+
 def _prompt_tokens(encoder: MetaEncoder, tokenizer: Tokenizer, prompts: list[str],
                    device: torch.device, rng: random.Random | None, blank_p: float
                    ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -501,7 +548,8 @@ def train(stage: str, opts: TrainOptions) -> dict[str, Any]:
         raise PetReconError(f"{opts.data}: no train/ shards (run petrecon make-dataset)")
     t0 = time.perf_counter()
     trainers = {"mi-encoder": _train_mi_encoder, "srm": _train_srm,
-                "sd1": lambda o: _train_sd("sd1", o), "sd2": lambda o: _train_sd("sd2", o)}
+                "sd1": lambda o: _train_sd("sd1", o), "sd2": lambda o: _train_sd("sd2", o),
+                "unet": _train_unet}
     result = trainers[stage](opts)
     report = {
         "stage": stage,
@@ -550,12 +598,15 @@ def validate_cascade(folder: Path, data: Path, device: torch.device, *, slices: 
 
 PUBLISHED = {"srm": ("srm.safetensors",), "mi-encoder": ("mi-encoder.safetensors",),
              "sd1": ("sd1.safetensors", "sinogram-branch.safetensors"),
-             "sd2": ("sd2.safetensors",)}
+             "sd2": ("sd2.safetensors",), "unet": ("unet.safetensors",)}
+#: Published when its run exists: the benchmark's supervised baseline, not a cascade stage.
+OPTIONAL_STAGES = ("unet",)
 
 
 def publish(runs: Path, weights: Path, data: Path, device: torch.device) -> dict[str, Any]:
-    """Copy the weights of the four runs ``runs/<stage>/`` into ``weights`` and list them in
-    its ``manifest.json`` (SHA-256, config, training report, validation metrics).
+    """Copy the weights of the four runs ``runs/<stage>/`` (and of the ``unet`` baseline
+    where it was trained) into ``weights`` and list them in its ``manifest.json`` (SHA-256,
+    config, training report, validation metrics).
 
     The cascade is validated on the data's validation split with the copied weights; its
     PSNRs are recorded for SD1, the sinogram branch and SD2.
@@ -568,6 +619,8 @@ def publish(runs: Path, weights: Path, data: Path, device: torch.device) -> dict
     reports = {}
     for stage, names in PUBLISHED.items():
         report_path = runs / stage / f"{stage}.json"
+        if not report_path.exists() and stage in OPTIONAL_STAGES:
+            continue
         if not report_path.exists():
             raise PetReconError(f"{report_path}: no training report (train {stage} first)")
         reports[stage] = json.loads(report_path.read_text())
@@ -578,9 +631,9 @@ def publish(runs: Path, weights: Path, data: Path, device: torch.device) -> dict
                             config={}, training={}, metrics={})
     cascade_metrics = validate_cascade(weights, data, device)
     entries = {}
-    for stage, names in PUBLISHED.items():
-        report = reports[stage]
-        metrics = report["metrics"] if stage in ("srm", "mi-encoder") else cascade_metrics
+    for stage, report in reports.items():
+        names = PUBLISHED[stage]
+        metrics = report["metrics"] if stage in ("srm", "mi-encoder", "unet") else cascade_metrics
         training = {"data": str(data), "steps": int(report["options"]["steps"]),
                     "batch_size": int(report["options"]["batch_size"]),
                     "seconds": round(report["seconds"], 1),

@@ -4,6 +4,7 @@ the resulting weights restores slices (tiny models, CPU)."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
                       slices=3, matrix=32, device=CPU, progress=False)
     weights = root / "weights"
     weights.mkdir()
-    for stage in ("srm", "mi-encoder", "sd1", "sd2"):
+    for stage in ("srm", "mi-encoder", "sd1", "sd2", "unet"):
         opts = TrainOptions(data=data, out=root / stage, steps=2, device=CPU, batch_size=4,
                             patch=32, log_every=1, checkpoint_every=1, frozen=weights,
                             trust_frozen=True)
@@ -52,6 +53,8 @@ def test_train_writes_reports_and_checkpoints(runs: Path) -> None:
         assert (runs / stage / "checkpoint.safetensors").exists()
     srm = json.loads((runs / "srm" / "srm.json").read_text())["metrics"]
     assert srm["poisson_loss"] > 0 and srm["poisson_loss_low_dose"] > 0
+    unet = json.loads((runs / "unet" / "unet.json").read_text())["metrics"]
+    assert np.isfinite(unet["psnr_db_unet"]) and unet["val_slices"] > 0
 
 
 def test_train_resume_continues_from_checkpoint(runs: Path) -> None:
@@ -78,6 +81,17 @@ def test_cascade_restores_slices_deterministically(runs: Path) -> None:
                             generator=torch.Generator().manual_seed(5)) for _ in range(2)]
     assert outs[0].shape == (3, 1, 32, 32)
     torch.testing.assert_close(outs[0], outs[1])
+
+
+def test_cascade_sd2_first_swaps_stage_order(runs: Path) -> None:
+    cascade = Cascade.load(runs / "weights", CPU)
+    low = torch.from_numpy(neighbour_stack(torch.rand(2, 32, 32).numpy(), cascade.neighbours))
+    order: list[str] = []
+    for sd2_first in (False, True):
+        cascade.restore(low, None, "PET FDG.", steps=2, sd2_steps=2, resample_step=50,
+                        sd2_first=sd2_first, callback=lambda stage, _: order.append(stage),
+                        generator=torch.Generator().manual_seed(0))
+    assert order == ["sd1", "sd1", "sd2", "sd2", "sd2", "sd2", "sd1", "sd1"]
 
 
 def test_cascade_refuses_tampered_weights(runs: Path, tmp_path: Path) -> None:
@@ -117,6 +131,12 @@ def test_reconstruct_mig_dm_end_to_end(runs: Path, tmp_path: Path) -> None:
     np.testing.assert_array_equal(out0, out1)  # deterministic with the seed
     assert out0.shape == (3, 32, 32) and np.isfinite(out0).all()
     assert meta0.units == "BQML"
+    # Averaging two samples: the report says so and the output differs from one sample.
+    averaged = reconstruct(tmp_path / "case" / "ld_drf20", tmp_path / "avg", method="mig-dm",
+                           cascade=replace(options, samples=2), progress=False)
+    assert averaged["parameters"]["samples_averaged"] == 2
+    assert "mean of 2 samples" in read_series(tmp_path / "avg")[1].headers[0].DerivationDescription
+    assert not np.array_equal(read_series(tmp_path / "avg")[0], out0)
 
 
 def test_publish_lists_weights_with_validation_metrics(runs: Path) -> None:
@@ -127,6 +147,7 @@ def test_publish_lists_weights_with_validation_metrics(runs: Path) -> None:
     assert {"srm.safetensors", "mi-encoder.safetensors", "sd1.safetensors", "sd2.safetensors",
             "sinogram-branch.safetensors"} <= set(manifest["models"])
     assert manifest["models"]["sd2.safetensors"]["training"]["steps"] == 2
+    assert "psnr_db_unet" in manifest["models"]["unet.safetensors"]["metrics"]
     assert result["validation"]["val_slices"] > 0
     assert "psnr_db_cascade" in result["validation"]
     Cascade.load(runs / "published", CPU)  # every hash verifies
