@@ -113,6 +113,7 @@ class Cascade:
         use_sinogram: bool = True,
         use_prompt: bool = True,
         sd2_first: bool = False,
+        noise: tuple[torch.Tensor, torch.Tensor] | None = None,
         callback: Callable[[str, Any], None] | None = None,
         timings: dict[str, float] | None = None,
     ) -> torch.Tensor:
@@ -142,6 +143,11 @@ class Cascade:
         sd2_first : bool
             Ablation: swap the stages' order (SD2 samples from ``T``, its output is re-noised
             to ``N`` and SD1 finishes); SD2 was trained on ``t <= 400`` only.
+        noise : tuple of torch.Tensor, optional
+            ``(x_T, eps_N)``: the initial noise and the resampling noise, each broadcastable
+            to ``(B, 1, H, W)`` (one plane shared by all slices keeps the sampling noise
+            coherent along z); None draws both per slice from ``generator``. DDPM's
+            per-step noise is always drawn per slice.
         callback : callable, optional
             ``callback(stage, step_info)`` after every sampler step (``stage`` is "sd1" or
             "sd2").
@@ -187,14 +193,16 @@ class Cascade:
 
         (first, first_fn), (second, second_fn) = (("sd1", sd1_fn), ("sd2", sd2_fn))[
             :: -1 if sd2_first else 1]
-        x_T = randn_like(x_cond[:, :1], generator)
+        x_T = (randn_like(x_cond[:, :1], generator) if noise is None
+               else noise[0].to(x_cond).expand_as(x_cond[:, :1]))
         x = sample(first_fn, x_T, self.schedule, t_start=self.schedule.num_steps, steps=steps,
                    generator=generator,
                    callback=None if callback is None else lambda i: callback(first, i))
         clock.lap(f"{first}_s")
         if resample_step == 0:
             return x
-        x_n = resample(x, resample_step, self.schedule, generator)
+        x_n = resample(x, resample_step, self.schedule, generator,
+                       None if noise is None else noise[1])
         x = sample(second_fn, x_n, self.schedule, t_start=resample_step,
                    steps=min(sd2_steps, resample_step), generator=generator,
                    callback=None if callback is None else lambda i: callback(second, i))

@@ -94,6 +94,9 @@ def reconstruct(
     samples: Annotated[
         int, typer.Option(min=1, max=64, help="Average this many samples (K times slower).")
     ] = 1,
+    shared_noise: Annotated[
+        bool, typer.Option(help="One noise plane for all slices (coherent along z).")
+    ] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     batch_size: Annotated[int, typer.Option(min=1, max=512, help="Slices at once.")] = 8,
     weights: Annotated[
@@ -121,8 +124,8 @@ def reconstruct(
         raise PetReconError(f"--sampler must be ddim or ddpm, got {sampler!r}")
     options = CascadeOptions(sino=sino, drf=drf, steps=steps, sd2_steps=sd2_steps,
                              resample_step=resample_step, sampler=sampler, seed=seed,
-                             samples=samples, device=device, batch_size=batch_size,
-                             weights=weights)
+                             samples=samples, shared_noise=shared_noise, device=device,
+                             batch_size=batch_size, weights=weights)
     result = run(
         in_path, out_dir, method=method, fwhm_mm=fwhm, series_uid=series_uid,
         overwrite=overwrite, report_path=report, preview_path=preview,
@@ -153,6 +156,46 @@ def inspect_meta(
         typer.echo(json.dumps(reports, indent=2))
     else:
         typer.echo(format_table(reports))
+
+
+@app.command()
+@_user_errors
+def evaluate(
+    pred: Annotated[Path, typer.Option(
+        "--pred", resolve_path=True,
+        help="Prediction: DICOM PET series (folder, zip; SUVbw) or .mha/.nii volume (SUV).")],
+    ref: Annotated[Path, typer.Option(
+        "--ref", resolve_path=True, help="Reference (full dose), same forms and grid.")],
+    truth: Annotated[Path | None, typer.Option(
+        resolve_path=True, help="Simulator truth.mha (Bq/ml; case.json beside it gives SUV).")
+    ] = None,
+    labels: Annotated[Path | None, typer.Option(
+        resolve_path=True, help="Label map on the same grid (simulator labels.mha).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+    out_json: Annotated[Path | None, typer.Option(
+        "--out-json", help="Also write the JSON report to this file.")] = None,
+) -> None:
+    """Compare a prediction with a reference: PSNR, SSIM, NRMSE, SUV per VOI, TBR, NEMA CR."""
+    from pet_recon.evaluate import evaluate as run
+    from pet_recon.evaluate import format_report
+
+    _setup_logging(quiet=as_json)
+    report = run(pred, ref, truth=truth, labels=labels)
+    text = json.dumps(report, indent=2)
+    if out_json is not None:
+        _write_text(out_json, text + "\n")
+    typer.echo(text if as_json else format_report(report))
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file, so it appears only complete."""
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        partial.write_text(text)
+        os.replace(partial, path)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise PetReconError(f"{path}: cannot write ({exc.strerror})") from None
 
 
 
@@ -302,3 +345,45 @@ def publish(
 
     _setup_logging(quiet=False)
     typer.echo(json.dumps(run(runs, weights, data, _device(device)), indent=2))
+
+
+@app.command()
+@_user_errors
+def bench(
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for JSON, table and figures.")],
+    smoke: Annotated[
+        bool, typer.Option(help="Tiny run (brain, DRF 20, 8 planes, one ablation) for CI.")
+    ] = False,
+    family: Annotated[
+        list[str] | None, typer.Option(help="brain, body, nema (repeatable; default all).")
+    ] = None,
+    drf: Annotated[
+        list[int] | None, typer.Option(min=2, help="Dose reduction factors (default 4 10 20 50).")
+    ] = None,
+    cases: Annotated[int, typer.Option(min=1, max=20, help="Test cases per family.")] = 1,
+    slices: Annotated[int, typer.Option(min=4, max=128, help="Planes per case.")] = 64,
+    ablations: Annotated[bool, typer.Option(help="Run the cascade's ablations.")] = True,
+    weights: Annotated[
+        Path | None, typer.Option(help="Weights folder (default: shipped, $PETRECON_WEIGHTS).")
+    ] = None,
+    device: Device = "cpu",
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress messages.")] = False,
+) -> None:
+    """Benchmark every method on held-out simulated cases; print the table last."""
+    from pet_recon.benchmark import ABLATIONS, SMOKE, BenchOptions, run_benchmark
+
+    _setup_logging(quiet)
+    opts = BenchOptions(out=out_dir, cases=cases, slices=slices, weights=weights,
+                        device=device, overwrite=overwrite,
+                        ablations=tuple(ABLATIONS) if ablations else ())
+    if family:
+        opts.families = tuple(family)
+    if drf:
+        opts.drfs = tuple(drf)
+    if smoke:
+        opts = BenchOptions(out=out_dir, weights=weights, device=device, overwrite=overwrite,
+                            **SMOKE)
+    result = run_benchmark(opts, progress=None if quiet else
+                           lambda text: typer.echo(f"petrecon bench: {text}", err=True))
+    typer.echo(result["table"])

@@ -105,7 +105,7 @@ class SliceStream(torch.utils.data.IterableDataset):
     ``(1, ny, nx)``, ``sino_ld`` and ``sino_fd`` ``(1, views, bins)`` prompts scaled to the
     full-dose level (``sino_ld * k``), ``drf`` (float), ``ref`` (the case's intensity
     reference at that dose level, :func:`pet_recon.models.intensity.reference_value`, SUV),
-    plus ``prompt`` (str) and ``case_id``.
+    plus ``prompt`` (str) and ``case_id``; with ``with_levels`` also ``levels``.
 
     Parameters
     ----------
@@ -123,11 +123,17 @@ class SliceStream(torch.utils.data.IterableDataset):
     cases_in_flight : int
         With ``shuffle``, items of this many cases are pooled and shuffled together, so a
         batch mixes cases (and prompts).
+    with_levels : bool
+        Add ``levels``: ``{k: (1, ny, nx)}`` the item's plane at every low-dose level ``k``
+        of its case (all the shard's levels, whatever ``drfs``), SUV, float16 views of the
+        shard's volumes (no copy; convert with ``.float()``). The MAP-Diff anchor images
+        (:mod:`pet_recon.diffusion.anchors`). Off by default: items and the shuffling
+        order are the same with it on or off.
     """
 
     def __init__(self, root: Path, split: str, *, drfs: tuple[int, ...] | None = None,
                  neighbours: int = 1, seed: int = 0, shuffle: bool = True,
-                 cases_in_flight: int = 8) -> None:
+                 cases_in_flight: int = 8, with_levels: bool = False) -> None:
         super().__init__()
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -138,6 +144,7 @@ class SliceStream(torch.utils.data.IterableDataset):
         self.drfs, self.neighbours = drfs, neighbours
         self.seed, self.shuffle, self.epoch = seed, shuffle, 0
         self.cases_in_flight = max(1, cases_in_flight) if shuffle else 1
+        self.with_levels = with_levels
 
     def set_epoch(self, epoch: int) -> None:
         """Change the shuffling order for the next pass."""
@@ -166,6 +173,8 @@ class SliceStream(torch.utils.data.IterableDataset):
             fixed = {name: f.get_tensor(name) for name in ("fd", "truth", "mu", "mr", "sino_fd")}
             levels = {k: (f.get_tensor(f"ld_drf{k}"), f.get_tensor(f"sino_ld_drf{k}"))
                       for k in drfs}
+            every_level = ({k: levels[k][0] if k in levels else f.get_tensor(f"ld_drf{k}")
+                            for k in record["drfs"]} if self.with_levels else {})
         spacing = (record["pixel_mm"], record["pixel_mm"], record["plane_mm"])
         refs = {k: reference_value(levels[k][0].float().numpy(), spacing) for k in drfs}
         planes = list(range(fixed["fd"].shape[0]))
@@ -176,7 +185,7 @@ class SliceStream(torch.utils.data.IterableDataset):
             k = rng.choice(drfs) if self.shuffle else drfs[p % len(drfs)]
             ld, sino = levels[k]
             idx = [min(max(p + d, 0), last) for d in range(-self.neighbours, self.neighbours + 1)]
-            yield {
+            item: dict[str, object] = {
                 "ld": ld[idx].float(),
                 "fd": fixed["fd"][p : p + 1].float(),
                 "truth": fixed["truth"][p : p + 1].float(),
@@ -189,6 +198,9 @@ class SliceStream(torch.utils.data.IterableDataset):
                 "prompt": record["levels"][str(k)]["prompt"],
                 "case_id": record["case_id"],
             }
+            if self.with_levels:
+                item["levels"] = {k: volume[p : p + 1] for k, volume in every_level.items()}
+            yield item
 
 
 def write_dataset(

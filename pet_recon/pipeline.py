@@ -100,6 +100,10 @@ class CascadeOptions:
     samples : int
         Restore the volume this many times (different noise draws) and average: lowers
         the sampling noise at ``samples`` times the cost.
+    shared_noise : bool
+        Draw the initial and the resampling noise once per volume (one plane for every
+        slice) instead of per slice, so that the sampling noise does not change from slice
+        to slice (the z-consistency fix of the MAP-Diff issue; the benchmark compares both).
     use_sinogram, use_prompt, sd2_first : bool
         Ablations: no sinogram branch; blank prompt; SD2 before SD1.
     prompt : str or None
@@ -121,6 +125,7 @@ class CascadeOptions:
     batch_size: int = 8
     weights: Path | None = None
     samples: int = 1
+    shared_noise: bool = False
     use_sinogram: bool = True
     use_prompt: bool = True
     sd2_first: bool = False
@@ -198,6 +203,7 @@ def _restore_mig_dm(volume_suv: np.ndarray, meta: SeriesMeta, opts: CascadeOptio
     import torch
 
     from pet_recon.cascade import Cascade, neighbour_stack
+    from pet_recon.diffusion.schedule import randn_like
 
     device = resolve_device(opts.device)
     t0 = time.perf_counter()
@@ -229,6 +235,10 @@ def _restore_mig_dm(volume_suv: np.ndarray, meta: SeriesMeta, opts: CascadeOptio
     out = np.zeros_like(low)
     stage_s: dict[str, float] = {}
     for _ in range(opts.samples):
+        noise = None
+        if opts.shared_noise:
+            plane = torch.empty(1, 1, *low.shape[1:])
+            noise = (randn_like(plane, generator), randn_like(plane, generator))
         for start in range(0, low.shape[0], opts.batch_size):
             stop = min(start + opts.batch_size, low.shape[0])
             sino = None if sinograms is None else torch.from_numpy(sinograms[start:stop, None])
@@ -236,19 +246,20 @@ def _restore_mig_dm(volume_suv: np.ndarray, meta: SeriesMeta, opts: CascadeOptio
                 torch.from_numpy(stacked[start:stop]), sino, prompt, steps=opts.steps,
                 sd2_steps=opts.sd2_steps, resample_step=opts.resample_step,
                 sampler=opts.sampler, generator=generator, use_sinogram=opts.use_sinogram,
-                use_prompt=opts.use_prompt, sd2_first=opts.sd2_first, timings=stage_s)
+                use_prompt=opts.use_prompt, sd2_first=opts.sd2_first, noise=noise,
+                timings=stage_s)
             out[start:stop] += restored[:, 0].float().cpu().numpy() * (ref / opts.samples)
             bar.update(stop - start)
     timings |= stage_s
-    rescale = 1.0
-    if opts.preserve_mean:
-        body = body_mask(low, grid.spacing)
-        if body.any() and float(out[body].mean()) > 0:
-            rescale = float(low[body].mean()) / float(out[body].mean())
-            out *= rescale
     t0 = time.perf_counter()
     back = resample_volume(out, grid, meta.geometry)
     timings["resample_back_s"] = time.perf_counter() - t0
+    rescale = 1.0
+    if opts.preserve_mean:  # on the input grid, where the report measures the mean
+        body = body_mask(volume_suv, meta.geometry.spacing)
+        if body.any() and float(back[body].mean()) > 0:
+            rescale = float(volume_suv[body].mean()) / float(back[body].mean())
+            back *= rescale
     info: dict[str, object] = {
         "device": str(device),
         "weights_sha256": cascade.hashes,
@@ -262,6 +273,7 @@ def _restore_mig_dm(volume_suv: np.ndarray, meta: SeriesMeta, opts: CascadeOptio
         "resample_step": opts.resample_step,
         "seed": opts.seed,
         "samples_averaged": opts.samples,
+        "noise": "shared across slices" if opts.shared_noise else "per slice",
         "ablations": {"sinogram_branch": opts.use_sinogram, "prompt": opts.use_prompt,
                       "sd2_first": opts.sd2_first, "prompt_replaced": opts.prompt is not None},
         "timings": timings,

@@ -22,6 +22,12 @@ clipping, an exponential moving average (EMA) of the weights (the EMA is what is
 bf16 autocast (CPU and CUDA), checkpoints every ``checkpoint_every`` steps that
 ``resume=True`` continues from, and a validation metric at the end. The device is an
 argument: the same code runs on CPU and CUDA.
+
+With ``anchor_loss`` (off by default), SD1 and SD2 add MAP-Diff's timestep-weighted anchor
+loss (Jing et al., arXiv:2603.02012; :mod:`pet_recon.diffusion.anchors`): the anchor
+timesteps are calibrated on the training data by degradation matching, the intermediate
+dose levels of each item's case supervise ``x0_hat`` near them, and the calibrated
+timesteps are saved with the weights (``extra["anchors"]``) and in the checkpoint.
 """
 
 from __future__ import annotations
@@ -44,6 +50,15 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from pet_recon.dataset import SliceStream
+from pet_recon.diffusion.anchors import (
+    DEFAULT_WEIGHT,
+    DEFAULT_WIDTH,
+    anchor_loss,
+    anchors_from_metadata,
+    anchors_metadata,
+    calibrate_from_data,
+    stack_anchors,
+)
 from pet_recon.diffusion.schedule import NoiseSchedule
 from pet_recon.errors import PetReconError
 from pet_recon.meta.encoder import (
@@ -103,6 +118,17 @@ class TrainOptions:
         ``trust_frozen`` (a run folder of one's own, not yet in a manifest).
     resume : bool
         Continue from ``out/checkpoint.safetensors`` when it exists.
+    anchor_loss : bool
+        SD1/SD2 only: add MAP-Diff's timestep-weighted anchor loss
+        (:mod:`pet_recon.diffusion.anchors`, ``docs/map-diff.md``). The anchor timesteps
+        ``t_k`` are calibrated on the training data at the start (or read from the
+        checkpoint when resuming) and stored in the weights' ``extra["anchors"]``
+        (``{"<drf>": t_k}``). Off: training is exactly as without the option.
+    anchor_weight : float
+        ``lambda``, the coefficient of the anchor loss (default 1: at ``t = t_k`` an anchor
+        counts as much as the full-dose target).
+    anchor_width : float
+        Width in timesteps of the Gaussian weight ``exp(-(t - t_k)^2 / (2 width^2))``.
     """
 
     data: Path
@@ -120,6 +146,9 @@ class TrainOptions:
     frozen: Path | None = None
     trust_frozen: bool = False
     resume: bool = True
+    anchor_loss: bool = False
+    anchor_weight: float = DEFAULT_WEIGHT
+    anchor_width: float = DEFAULT_WIDTH
 
 
 class EMA:
@@ -154,8 +183,10 @@ def _lr_factor(step: int, total: int, warmup: int = 200) -> float:
 
 
 def _save_checkpoint(path: Path, step: int, module: nn.Module, ema: EMA,
-                     optimizer: torch.optim.Optimizer) -> None:
-    """Model, EMA and optimiser state as safetensors (no pickle), step in the metadata."""
+                     optimizer: torch.optim.Optimizer,
+                     metadata: dict[str, str] | None = None) -> None:
+    """Model, EMA and optimiser state as safetensors (no pickle), step in the metadata
+    (plus ``metadata``, e.g. the calibrated anchors, when given)."""
     tensors = {f"model.{k}": v.detach().cpu().contiguous()
                for k, v in module.state_dict().items()}
     tensors |= {f"ema.{k}": v.detach().cpu().contiguous()
@@ -166,7 +197,8 @@ def _save_checkpoint(path: Path, step: int, module: nn.Module, ema: EMA,
             tensors[f"opt.{index}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
     tmp = path.with_name(f".partial-{path.name}")
     save_file(tensors, str(tmp), metadata={"step": str(step),
-                                           "param_groups": json.dumps(state["param_groups"])})
+                                           "param_groups": json.dumps(state["param_groups"]),
+                                           **(metadata or {})})
     tmp.replace(path)
 
 
@@ -235,6 +267,8 @@ class _Run:
             self.start = _load_checkpoint(self.checkpoint, self.module, self.ema, self.optimizer)
             log.warning("%s: resumed at step %d", stage, self.start)
         self.losses: list[float] = []
+        #: Extra string metadata written into every checkpoint (the calibrated anchors).
+        self.checkpoint_metadata: dict[str, str] = {}
 
     def step(self, step: int, loss: torch.Tensor) -> None:
         for group in self.optimizer.param_groups:
@@ -250,7 +284,8 @@ class _Run:
             log.warning("%s step %d/%d loss %.5f", self.stage, step + 1, self.opts.steps,
                         sum(recent) / len(recent))
         if (step + 1) % self.opts.checkpoint_every == 0 or step + 1 == self.opts.steps:
-            _save_checkpoint(self.checkpoint, step + 1, self.module, self.ema, self.optimizer)
+            _save_checkpoint(self.checkpoint, step + 1, self.module, self.ema, self.optimizer,
+                             self.checkpoint_metadata)
 
 
 def _frozen_path(opts: TrainOptions, name: str) -> Path:
@@ -416,11 +451,51 @@ def _sinogram_input(batch: dict[str, Any], srm: SinogramRestoration, device: tor
         return srm(s)
 
 
+#: Checkpoint metadata keys of the MAP-Diff anchors: ``{"<drf>": t_k}`` and the whole
+#: calibration (:func:`pet_recon.diffusion.anchors.calibrate_from_data`), both JSON.
+ANCHORS_KEY, ANCHOR_CALIBRATION_KEY = "anchors", "anchor_calibration"
+
+
+def _anchor_calibration(run: _Run, schedule: NoiseSchedule, opts: TrainOptions
+                        ) -> tuple[dict[int, int], dict[str, Any]]:
+    """MAP-Diff anchor timesteps of a diffusion stage and their calibration record.
+
+    Read from the checkpoint a resumed run continues from when it holds them, else
+    calibrated on the training split by degradation matching over every dose level of the
+    data (:func:`pet_recon.diffusion.anchors.calibrate_from_data`, seed 0: a property of
+    the data, not of the run). Either way they are put into the run's checkpoint metadata.
+
+    Returns
+    -------
+    anchors : dict
+        ``{k: t_k}``.
+    calibration : dict
+        ``{"<k>": {"t", "variance", ...}}`` (empty when the checkpoint held only anchors).
+    """
+    stored: dict[str, str] = {}
+    if run.start > 0:
+        with safe_open(str(run.checkpoint), framework="pt") as f:
+            stored = f.metadata()
+    if ANCHORS_KEY in stored:
+        anchors = anchors_from_metadata(stored[ANCHORS_KEY])
+        calibration = json.loads(stored.get(ANCHOR_CALIBRATION_KEY, "{}"))
+        log.warning("%s: anchor timesteps from the checkpoint %s", run.stage, anchors)
+    else:
+        measured = calibrate_from_data(opts.data, None, schedule)
+        anchors = {k: int(v["t"]) for k, v in measured.items()}
+        calibration = {str(k): v for k, v in measured.items()}
+        log.warning("%s: calibrated anchor timesteps %s", run.stage, anchors)
+    run.checkpoint_metadata[ANCHORS_KEY] = json.dumps(anchors_metadata(anchors))
+    run.checkpoint_metadata[ANCHOR_CALIBRATION_KEY] = json.dumps(calibration, sort_keys=True)
+    return anchors, calibration
+
+
 def _train_sd(stage: str, opts: TrainOptions) -> dict[str, Any]:
     schedule = NoiseSchedule.linear()
     rng = random.Random(opts.seed)
     torch.manual_seed(opts.seed)
-    stream = SliceStream(opts.data, "train", neighbours=NEIGHBOURS, seed=opts.seed)
+    stream = SliceStream(opts.data, "train", neighbours=NEIGHBOURS, seed=opts.seed,
+                         with_levels=opts.anchor_loss)
     batches = _batches(stream, opts.batch_size)
     first = next(batches)
     size = first["ld"].shape[-1]
@@ -442,6 +517,8 @@ def _train_sd(stage: str, opts: TrainOptions) -> dict[str, Any]:
         module = _sd_unet(encoder.config["width"])
         max_t = SD2_MAX_T
     run = _Run(stage, module, opts)
+    if opts.anchor_loss:
+        anchors, calibration = _anchor_calibration(run, schedule, opts)
     batch = first
     for step in range(run.start, opts.steps):
         if step > run.start:
@@ -465,15 +542,28 @@ def _train_sd(stage: str, opts: TrainOptions) -> dict[str, Any]:
                 pred = run.module(torch.cat([x_t, cond], 1), t, context=context,
                                   context_mask=mask)
         loss = nn.functional.mse_loss(pred.float(), x0)
+        if opts.anchor_loss:
+            # MAP-Diff: + lambda * L_anchor; the anchors x_k of item b are its case's levels
+            # 1 < k < d_b, in the intensity space of x0 (SUV / ref) and cropped like it.
+            images, drfs = stack_anchors(batch["levels"], batch["drf"].tolist(), anchors)
+            images = images[..., oy : oy + opts.patch, ox : ox + opts.patch].to(opts.device)
+            loss = loss + opts.anchor_weight * anchor_loss(
+                pred.float(), images / ref[:, None], drfs, t, anchors, opts.anchor_width)
         run.step(step, loss)
     extra = {"schedule": schedule.config, "prediction": "x0", "neighbours": NEIGHBOURS,
              "max_t": max_t}
+    if opts.anchor_loss:
+        extra["anchors"] = anchors_metadata(anchors)
+        extra["anchor_loss"] = {"weight": opts.anchor_weight, "width": opts.anchor_width,
+                                "calibration": calibration}
     path = opts.out / f"{stage}.safetensors"
     if stage == "sd1":
         save_model(run.ema.model.unet, path, extra=extra)
         save_model(run.ema.model.branch, opts.out / "sinogram-branch.safetensors")
     else:
         save_model(run.ema.model, path, extra=extra)
+    if opts.anchor_loss:
+        return {"weights": str(path), "metrics": {}, "anchors": anchors_metadata(anchors)}
     return {"weights": str(path), "metrics": {}}
 
 

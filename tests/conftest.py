@@ -28,3 +28,37 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every training stage run for 2 steps on a tiny simulated set (32 x 32, 3 planes);
+    ``weights/`` holds the resulting cascade and U-Net with manifest entries."""
+    from pet_recon.cascade import WEIGHT_FILES
+    from pet_recon.dataset import write_dataset
+    from pet_recon.training import TrainOptions, train
+    from pet_recon.weights import update_manifest
+
+    cpu = torch.device("cpu")
+    root = tmp_path_factory.mktemp("train")
+    data = root / "data"
+    # Seeds 0-1 train, 8 val: 2 families x 3 DRFs give enough distinct prompts for batch 4.
+    for seed in (0, 1, 8):
+        write_dataset(data, families=("nema", "body"), cases=1, seed=seed, drfs=(4, 20),
+                      slices=3, matrix=32, device=cpu, progress=False)
+    weights = root / "weights"
+    weights.mkdir()
+    for stage in ("srm", "mi-encoder", "sd1", "sd2", "unet"):
+        opts = TrainOptions(data=data, out=root / stage, steps=2, device=cpu, batch_size=4,
+                            patch=32, log_every=1, checkpoint_every=1, frozen=weights,
+                            trust_frozen=True)
+        report = train(stage, opts)
+        assert Path(report["weights"]).exists()
+        for name in (*WEIGHT_FILES.values(), "unet.safetensors"):
+            produced = root / stage / name
+            if produced.exists():
+                target = weights / name
+                target.write_bytes(produced.read_bytes())
+                update_manifest(target, name=stage, config={}, training={"steps": 2},
+                                metrics=report["metrics"])
+    return root

@@ -11,39 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from pet_recon.cascade import WEIGHT_FILES, Cascade, neighbour_stack
-from pet_recon.dataset import write_dataset
+from pet_recon.cascade import Cascade, neighbour_stack
 from pet_recon.errors import PetReconError
 from pet_recon.training import TrainOptions, train
-from pet_recon.weights import update_manifest
 
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("train")
-    data = root / "data"
-    # Seeds 0-1 train, 8 val: 2 families x 3 DRFs give enough distinct prompts for batch 4.
-    for seed in (0, 1, 8):
-        write_dataset(data, families=("nema", "body"), cases=1, seed=seed, drfs=(4, 20),
-                      slices=3, matrix=32, device=CPU, progress=False)
-    weights = root / "weights"
-    weights.mkdir()
-    for stage in ("srm", "mi-encoder", "sd1", "sd2", "unet"):
-        opts = TrainOptions(data=data, out=root / stage, steps=2, device=CPU, batch_size=4,
-                            patch=32, log_every=1, checkpoint_every=1, frozen=weights,
-                            trust_frozen=True)
-        report = train(stage, opts)
-        assert Path(report["weights"]).exists()
-        for name in WEIGHT_FILES.values():
-            produced = root / stage / name
-            if produced.exists():
-                target = weights / name
-                target.write_bytes(produced.read_bytes())
-                update_manifest(target, name=stage, config={}, training={"steps": 2},
-                                metrics=report["metrics"])
-    return root
 
 
 def test_train_writes_reports_and_checkpoints(runs: Path) -> None:
@@ -92,6 +64,18 @@ def test_cascade_sd2_first_swaps_stage_order(runs: Path) -> None:
                         sd2_first=sd2_first, callback=lambda stage, _: order.append(stage),
                         generator=torch.Generator().manual_seed(0))
     assert order == ["sd1", "sd1", "sd2", "sd2", "sd2", "sd2", "sd1", "sd1"]
+
+
+def test_cascade_shared_noise_gives_equal_slices_for_equal_inputs(runs: Path) -> None:
+    cascade = Cascade.load(runs / "weights", CPU)
+    low = torch.from_numpy(neighbour_stack(np.ones((3, 32, 32), np.float32), 1))
+    shared = (torch.randn(1, 1, 32, 32), torch.randn(1, 1, 32, 32))
+    kwargs = {"steps": 2, "sd2_steps": 2, "resample_step": 50}
+    out = cascade.restore(low, None, "PET FDG.", noise=shared, **kwargs)
+    torch.testing.assert_close(out[0], out[2])
+    independent = cascade.restore(low, None, "PET FDG.", **kwargs,
+                                  generator=torch.Generator().manual_seed(1))
+    assert not torch.allclose(independent[0], independent[2])
 
 
 def test_cascade_refuses_tampered_weights(runs: Path, tmp_path: Path) -> None:
@@ -151,3 +135,24 @@ def test_publish_lists_weights_with_validation_metrics(runs: Path) -> None:
     assert result["validation"]["val_slices"] > 0
     assert "psnr_db_cascade" in result["validation"]
     Cascade.load(runs / "published", CPU)  # every hash verifies
+
+
+def test_reconstruct_mig_dm_other_matrix_comes_back_on_input_grid(
+        runs: Path, shared_data: Path, tmp_path: Path) -> None:
+    """A 256 x 256, 4 mm series (the SUV DRO) goes to the 32 x 32 model grid of the tiny
+    models and back: same geometry as the input, mean SUV over the body kept."""
+    from pet_recon.io.series import read_series
+    from pet_recon.pipeline import CascadeOptions, reconstruct
+
+    source = shared_data / "suv_dro" / "DRO_0_0"
+    options = CascadeOptions(drf=20, steps=2, sd2_steps=2, weights=runs / "weights",
+                             device="cpu")
+    report = reconstruct(source, tmp_path / "out", method="mig-dm", cascade=options,
+                         progress=False)
+    volume_in, meta_in = read_series(source)
+    volume_out, meta_out = read_series(tmp_path / "out")
+    assert volume_out.shape == volume_in.shape == (20, 256, 256)
+    assert meta_out.geometry == meta_in.geometry
+    assert report["parameters"]["model_grid"]["matrix"] == 32
+    body_in = report["input"]["suv"]["suv_mean_body"]
+    assert abs(report["output"]["suv"]["suv_mean_body"] / body_in - 1) < 0.02

@@ -288,7 +288,8 @@ class NoiseSchedule:
 
 
 def resample(x0_hat: torch.Tensor, n: int, schedule: NoiseSchedule,
-             generator: torch.Generator | None = None) -> torch.Tensor:
+             generator: torch.Generator | None = None, noise: torch.Tensor | None = None
+             ) -> torch.Tensor:
     """MiG-DM resampling step: re-noise SD1's output to step ``N`` as SD2's start.
 
     Geng et al., arXiv:2512.22237, Sec. III.C: the image restored by the first diffusion
@@ -307,11 +308,14 @@ def resample(x0_hat: torch.Tensor, n: int, schedule: NoiseSchedule,
         The schedule SD2 was trained with.
     generator : torch.Generator, optional
         Source of the noise ``eps`` (see :func:`randn_like`).
+    noise : torch.Tensor, optional
+        ``eps`` itself, broadcastable to ``x0_hat`` (e.g. one plane shared by every slice);
+        ``generator`` is then not used.
 
     Returns
     -------
     torch.Tensor
         ``x_N``, same shape, dtype and device as ``x0_hat``.
     """
-    eps = randn_like(x0_hat, generator)
+    eps = randn_like(x0_hat, generator) if noise is None else noise.to(x0_hat).expand_as(x0_hat)
     return schedule.q_sample(x0_hat, n, eps)

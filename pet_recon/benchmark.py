@@ -1,0 +1,522 @@
+"""`petrecon bench`: the held-out benchmark of the restoration methods.
+
+Every case is simulated on the fly from a fixed seed that training never used (test seeds
+``9, 19, ...``; the baselines' parameters are tuned on validation seeds ``8, 18, ...``; see
+:mod:`pet_recon.dataset` for the split). Each method restores the same low-dose volumes and
+is scored against the full-dose image of the same case with :mod:`pet_recon.metrics`
+(definitions in ``docs/metrics.md``):
+
+- low-dose input;
+- Gaussian filter, FWHM tuned on validation (per family and dose level);
+- non-local means (scikit-image, 2D per plane), ``h`` tuned on validation likewise;
+- supervised U-Net regression (``weights/unet.safetensors``, ``petrecon train unet``);
+- single-stage conditional diffusion: SD1 alone without the sinogram branch;
+- the MiG-DM cascade, with the measured sinogram and with the projected one.
+
+Ablations of the cascade run at one dose level; speed is measured per stage with the
+cascade's ratio to its compute floor (FLOPs counted by :class:`torch.utils.flop_counter`
+over a bf16 matrix-product rate measured in the same run). The output folder gets
+``benchmark.json`` (every number), ``table.md`` (the table printed last) and PNG figures.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pet_recon.errors import PetReconError
+from pet_recon.io.metadata import SeriesMeta
+from pet_recon.io.sinogram import write_sinogram
+from pet_recon.metrics import body_mask, nrmse, psnr, psnr_udpet, ssim, voi_stats, z_consistency
+from pet_recon.output import check_output_dir, staged_output
+from pet_recon.physics.phantoms import LESION_BASE
+from pet_recon.physics.simulate import SimulatedCase, series_meta, simulate_case
+from pet_recon.pipeline import (
+    CascadeOptions,
+    _restore_mig_dm,
+    gaussian_filter,
+    model_grid,
+    resample_volume,
+    resolve_device,
+)
+
+log = logging.getLogger(__name__)
+
+FWHM_GRID_MM = (0.0, 2.0, 4.0, 6.0, 8.0, 10.0, 12.0)
+#: Non-local means ``h`` as a fraction of the low-dose volume's mean SUV in the body.
+NLM_H_GRID = (0.1, 0.2, 0.35, 0.5, 0.75, 1.0)
+FAMILIES = ("brain", "body", "nema")
+DRFS = (4, 10, 20, 50)
+#: Cascade variants of the ablation study: name -> changes to the default options.
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "no sinogram branch": {"use_sinogram": False},
+    "blank prompt": {"use_prompt": False},
+    "shuffled prompt": {"prompt": "shuffled"},
+    "SD2 before SD1": {"sd2_first": True},
+    "N = 5": {"resample_step": 5},
+    "N = 150": {"resample_step": 150},
+    "N = 400": {"resample_step": 400},
+    "SD1 5 steps": {"steps": 5},
+    "SD1 20 steps": {"steps": 20},
+    "mean of 4 samples": {"samples": 4},
+    "noise shared across planes": {"shared_noise": True},
+}
+METRICS = ("psnr_db", "psnr_udpet_db", "ssim", "nrmse", "lesion_suvmax_bias",
+           "lesion_suvpeak_bias", "mean_suv_change", "z_consistency", "seconds")
+
+
+@dataclass
+class BenchOptions:
+    """What the benchmark runs.
+
+    Attributes
+    ----------
+    out : Path
+        Output folder (written into a temporary sibling, moved into place when complete).
+    families, drfs : tuple
+        Phantom families and dose reduction factors of the test set.
+    cases : int
+        Test cases per family (seeds ``9 + 10 i``); validation uses ``cases`` seeds
+        ``8 + 10 i`` for tuning.
+    slices : int
+        Planes per simulated case (128 x 128 matrix).
+    ablation_drf : int
+        Dose level of the ablation study (on the brain and body families in ``families``).
+    ablations : tuple of str
+        Names from :data:`ABLATIONS` to run.
+    weights : Path or None
+        Weights folder (default: shipped).
+    device : str
+        ``auto``, ``cpu`` or ``cuda``.
+    figures : bool
+        Write the PNG figures.
+    overwrite : bool
+        Replace an existing output folder.
+    """
+
+    out: Path
+    families: tuple[str, ...] = FAMILIES
+    drfs: tuple[int, ...] = DRFS
+    cases: int = 1
+    slices: int = 64
+    ablation_drf: int = 20
+    ablations: tuple[str, ...] = tuple(ABLATIONS)
+    weights: Path | None = None
+    device: str = "cpu"
+    figures: bool = True
+    overwrite: bool = False
+    cascade: CascadeOptions = field(default_factory=lambda: CascadeOptions(device="cpu"))
+
+
+SMOKE = {"families": ("brain",), "drfs": (20,), "cases": 1, "slices": 8,
+         "ablations": ("no sinogram branch",), "figures": True}
+
+
+class _NullBar:
+    def update(self, n: int = 1) -> None:
+        """tqdm-compatible no-op."""
+
+
+# ----------------------------------------------------------------------------- cases
+
+
+@dataclass
+class _Case:
+    """A simulated case with its DICOM metadata and low-dose sinogram files per level."""
+
+    sim: SimulatedCase
+    metas: dict[int, SeriesMeta]
+    sinos: dict[int, Path]
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        g = self.sim.image
+        return (g.pixel_mm, g.pixel_mm, g.plane_mm)
+
+    def suv(self, drf: int) -> np.ndarray:
+        """``(Z, Y, X)`` float32 SUVbw image of dose level ``drf`` (1: full dose)."""
+        return (self.sim.images[drf] * self.sim.suv_factor(drf)).astype(np.float32)
+
+    def truth(self) -> np.ndarray:
+        return (self.sim.truth_bqml * self.sim.suv_factor(1)).astype(np.float32)
+
+
+def _make_case(family: str, seed: int, drfs: tuple[int, ...], slices: int,
+               device: torch.device, tmp: Path) -> _Case:
+    sim = simulate_case(family, seed, slices=slices, drfs=drfs, device=device)
+    metas = {k: series_meta(sim, k, "1.2.3", "1.2.3.4", series_number=1) for k in drfs}
+    sinos = {k: write_sinogram(tmp / f"{sim.case_id}_drf{k}.hs", sim.prompts[k], sim.sinogram,
+                               dtype="int16") for k in drfs}
+    return _Case(sim, metas, sinos)
+
+
+# ----------------------------------------------------------------------------- scores
+
+
+def score(pred: np.ndarray, case: _Case, drf: int) -> dict[str, float]:
+    """Every metric of ``pred`` (SUV) against the full-dose image of ``case``."""
+    fd, ld = case.suv(1), case.suv(drf)
+    mask = body_mask(fd, case.spacing)
+    labels = case.sim.phantom.labels
+    lesions = np.where(labels >= LESION_BASE, labels, 0)
+    ref_stats = voi_stats(fd, lesions, case.spacing)
+    pred_stats = voi_stats(pred, lesions, case.spacing)
+    max_bias = [pred_stats[k]["suv_max"] / ref_stats[k]["suv_max"] - 1 for k in ref_stats]
+    peak_bias = [pred_stats[k]["suv_peak"] / ref_stats[k]["suv_peak"] - 1 for k in ref_stats]
+    range_suv = float(fd[mask].max())
+    return {
+        "psnr_db": psnr(pred, fd, mask),
+        "psnr_udpet_db": psnr_udpet(pred, fd),
+        "ssim": ssim(pred, fd, mask=mask, data_range=range_suv, mode="2d"),
+        "nrmse": nrmse(pred, fd, mask),
+        "lesion_suvmax_bias": float(np.mean(max_bias)) if max_bias else float("nan"),
+        "lesion_suvpeak_bias": float(np.mean(peak_bias)) if peak_bias else float("nan"),
+        "mean_suv_change": float(pred[mask].mean() / ld[mask].mean() - 1.0),
+        "z_consistency": z_consistency(pred, mask),
+    }
+
+
+# ----------------------------------------------------------------------------- methods
+
+
+def nl_means(volume: np.ndarray, h_fraction: float, spacing: tuple[float, float, float]
+             ) -> np.ndarray:
+    """Non-local means per plane (scikit-image, patch 5, search distance 6, fast mode) with
+    ``h = h_fraction x`` the volume's mean inside its body mask; returns the same shape."""
+    from skimage.restoration import denoise_nl_means
+
+    mask = body_mask(volume, spacing)
+    h = h_fraction * float(volume[mask].mean()) if mask.any() else h_fraction
+    return np.stack([denoise_nl_means(plane, patch_size=5, patch_distance=6, h=h,
+                                      fast_mode=True) for plane in volume]).astype(np.float32)
+
+
+class _UNetBaseline:
+    """The supervised U-Net regression on the cascade's model grid and intensity scale."""
+
+    def __init__(self, folder: Path | None, device: torch.device) -> None:
+        from pet_recon.models.unet import UNet
+        from pet_recon.weights import load_model, weights_dir
+
+        path = (Path(folder) if folder is not None else weights_dir()) / "unet.safetensors"
+        if not path.exists():
+            raise PetReconError(f"{path}: not found (train it with petrecon train unet)")
+        self.model, extra = load_model(path, registry={"UNet": UNet}, device=device)
+        self.neighbours = int(extra["neighbours"])
+        self.device = device
+
+    @torch.no_grad()
+    def __call__(self, volume: np.ndarray, meta: SeriesMeta, matrix: int = 128) -> np.ndarray:
+        from pet_recon.cascade import neighbour_stack
+        from pet_recon.models.intensity import reference_value
+
+        grid = model_grid(meta, matrix)
+        low = resample_volume(volume, meta.geometry, grid)
+        ref = reference_value(low, grid.spacing)
+        stacked = torch.from_numpy(neighbour_stack(low / ref, self.neighbours))
+        out = np.empty_like(low)
+        for start in range(0, low.shape[0], 8):
+            x = stacked[start:start + 8].to(self.device)
+            with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16):
+                out[start:start + 8] = self.model(x, None).float()[:, 0].cpu().numpy() * ref
+        return resample_volume(out, grid, meta.geometry)
+
+
+def _tune(cases: list[_Case], drf: int, grid: tuple[float, ...],
+          method: Callable[[np.ndarray, _Case, float], np.ndarray]) -> float:
+    """The grid value with the best median PSNR on the validation cases."""
+    def median_psnr(value: float) -> float:
+        return statistics.median(score(method(c.suv(drf), c, value), c, drf)["psnr_db"]
+                                 for c in cases)
+    return float(max(grid, key=median_psnr))
+
+
+def _gauss(volume: np.ndarray, case: _Case, fwhm: float) -> np.ndarray:
+    return gaussian_filter(volume, next(iter(case.metas.values())), fwhm)
+
+
+def _nlm(volume: np.ndarray, case: _Case, h: float) -> np.ndarray:
+    return nl_means(volume, h, case.spacing)
+
+
+# ----------------------------------------------------------------------------- speed
+
+
+def matmul_rate(device: torch.device, size: int = 1024, repeats: int = 5) -> float:
+    """Measured bf16 matrix-product rate in FLOP/s (median of ``repeats``; 2 n^3 a product)."""
+    a = torch.randn(size, size, device=device, dtype=torch.bfloat16)
+    b = torch.randn(size, size, device=device, dtype=torch.bfloat16)
+    times = []
+    for _ in range(repeats + 1):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return 2.0 * size**3 / statistics.median(times[1:])
+
+
+def cascade_flops_per_slice(opts: CascadeOptions, weights: Path | None,
+                            device: torch.device) -> dict[str, float]:
+    """Network FLOPs of restoring one slice on the model grid, counted by torch's flop
+    counter: SD1 with the sinogram branch, SD2, and their total."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from pet_recon.cascade import Cascade
+
+    cascade = Cascade.load(weights, device)
+    matrix = int(cascade.branch.config["image_size"])
+    low = torch.rand(1, 2 * cascade.neighbours + 1, matrix, matrix)
+    counts: dict[str, float] = {}
+    for name, kwargs in (("sd1_and_branch", {"resample_step": 0}),
+                         ("whole", {"resample_step": opts.resample_step})):
+        with FlopCounterMode(display=False) as counter:
+            cascade.restore(low, None, "PET FDG.", steps=opts.steps, sd2_steps=opts.sd2_steps,
+                            generator=torch.Generator().manual_seed(0), **kwargs)
+        counts[name] = float(counter.get_total_flops())
+    return {"sd1_and_branch": counts["sd1_and_branch"],
+            "sd2": counts["whole"] - counts["sd1_and_branch"], "total": counts["whole"]}
+
+
+# ----------------------------------------------------------------------------- runner
+
+
+def _median(rows: list[dict[str, float]], key: str) -> float:
+    values = [r[key] for r in rows if np.isfinite(r[key])]
+    return float(statistics.median(values)) if values else float("nan")
+
+
+def run_benchmark(opts: BenchOptions, progress: Callable[[str], None] | None = None
+                  ) -> dict[str, Any]:
+    """Run the benchmark; write ``benchmark.json``, ``table.md`` and figures into
+    ``opts.out``; return the results (the JSON's content) with the table as ``"table"``."""
+    for family in opts.families:
+        if family not in FAMILIES:
+            raise PetReconError(f"unknown family {family!r}; choose from {', '.join(FAMILIES)}")
+    unknown = [a for a in opts.ablations if a not in ABLATIONS]
+    if unknown:
+        raise PetReconError(f"unknown ablation {unknown[0]!r}; choose from "
+                            f"{', '.join(ABLATIONS)}")
+    check_output_dir(opts.out, opts.overwrite)
+    say = progress or (lambda _: None)
+    device = resolve_device(opts.device)
+    cascade_opts = replace(opts.cascade, weights=opts.weights, device=str(device))
+    unet = _UNetBaseline(opts.weights, device)
+    drfs = tuple(sorted(set(opts.drfs) | {opts.ablation_drf}))
+    started = time.strftime("%Y-%m-%d %H:%M")
+    t_start = time.perf_counter()
+    results: dict[str, Any] = {
+        "date": started, "machine": _machine(device), "options": _jsonable(asdict(opts)),
+        "test_seeds": [9 + 10 * i for i in range(opts.cases)],
+        "validation_seeds": [8 + 10 * i for i in range(opts.cases)],
+        "tuned": {}, "cases": {}, "ablations": {}, "speed": {},
+    }
+    examples: dict[str, dict[str, np.ndarray]] = {}
+    with tempfile.TemporaryDirectory(prefix="petrecon-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        for family in opts.families:
+            say(f"{family}: validation cases")
+            val = [_make_case(family, 8 + 10 * i, drfs, opts.slices, device, tmp)
+                   for i in range(opts.cases)]
+            tuned = {str(k): {"gaussian_fwhm_mm": _tune(val, k, FWHM_GRID_MM, _gauss),
+                              "nlm_h_fraction": _tune(val, k, NLM_H_GRID, _nlm)}
+                     for k in opts.drfs}
+            results["tuned"][family] = tuned
+            tests = [_make_case(family, 9 + 10 * i, drfs, opts.slices, device, tmp)
+                     for i in range(opts.cases)]
+            for case in tests:
+                for k in opts.drfs:
+                    say(f"{family} seed {case.sim.seed} DRF {k}: methods")
+                    outputs = _methods(case, k, tuned[str(k)], unet, cascade_opts)
+                    rows = results["cases"].setdefault(family, {}).setdefault(str(k), {})
+                    for name, (volume, seconds, _) in outputs.items():
+                        rows.setdefault(name, []).append(
+                            {**score(volume, case, k), "seconds": seconds,
+                             "seed": case.sim.seed})
+                    if k == opts.ablation_drf and case is tests[0]:
+                        examples[family] = {"truth": case.truth(), "full dose": case.suv(1)} | {
+                            name: v for name, (v, _, _) in outputs.items()}
+                        examples[family]["labels"] = case.sim.phantom.labels
+                        speed_info = outputs["MiG-DM cascade"][2]
+                        results["speed"].setdefault("cascade_timings", {})[family] = speed_info
+                        results["speed"].setdefault("methods", {})[family] = {
+                            name: seconds for name, (_, seconds, _) in outputs.items()}
+            if family in ("brain", "body") and opts.ablations:
+                results["ablations"][family] = _ablations(tests, opts, cascade_opts)
+        say("speed: FLOPs and matrix-product rate")
+        results["speed"] |= _speed(results, opts, cascade_opts, device)
+    results["seconds"] = time.perf_counter() - t_start
+    table = render_table(results)
+    results["table"] = table
+    with staged_output(opts.out, opts.overwrite) as stage:
+        (stage / "benchmark.json").write_text(json.dumps(results, indent=2) + "\n")
+        (stage / "table.md").write_text(table)
+        if opts.figures:
+            from pet_recon.benchmark_figures import drf_curves, image_grid
+
+            for family, images in examples.items():
+                image_grid(images, family, opts.ablation_drf, stage / f"images_{family}.png")
+            drf_curves(results, stage / "drf_curves.png")
+    return results
+
+
+def _methods(case: _Case, drf: int, tuned: dict[str, float], unet: _UNetBaseline,
+             cascade_opts: CascadeOptions
+             ) -> dict[str, tuple[np.ndarray, float, dict[str, Any]]]:
+    """Every method on one case and dose level: name -> (SUV volume, seconds, details)."""
+    ld, meta = case.suv(drf), case.metas[drf]
+    base = replace(cascade_opts, drf=drf, sino=case.sinos[drf])
+    runs: dict[str, Callable[[], tuple[np.ndarray, dict[str, Any]]]] = {
+        "low dose": lambda: (ld, {}),
+        "Gaussian (tuned)": lambda: (gaussian_filter(ld, meta, tuned["gaussian_fwhm_mm"]), {}),
+        "non-local means (tuned)": lambda: (nl_means(ld, tuned["nlm_h_fraction"],
+                                                     case.spacing), {}),
+        "U-Net regression": lambda: (unet(ld, meta), {}),
+        "SD1 alone, no sinogram": lambda: _cascade(
+            ld, meta, replace(base, resample_step=0, use_sinogram=False)),
+        "MiG-DM, projected sinogram": lambda: _cascade(ld, meta, replace(base, sino=None)),
+        "MiG-DM cascade": lambda: _cascade(ld, meta, base),
+    }
+    outputs = {}
+    for name, run in runs.items():
+        t0 = time.perf_counter()
+        volume, details = run()
+        outputs[name] = (volume, time.perf_counter() - t0, details)
+    return outputs
+
+
+def _cascade(volume: np.ndarray, meta: SeriesMeta, opts: CascadeOptions
+             ) -> tuple[np.ndarray, dict[str, Any]]:
+    restored, info = _restore_mig_dm(volume, meta, opts, [], _NullBar())
+    return restored, info
+
+
+def _ablations(tests: list[_Case], opts: BenchOptions, cascade_opts: CascadeOptions
+               ) -> dict[str, list[dict[str, float]]]:
+    """Cascade variants at ``opts.ablation_drf``; the shuffled prompt is another family's."""
+    from pet_recon.meta.prompt import build_record, render_prompt
+
+    k = opts.ablation_drf
+    rows: dict[str, list[dict[str, float]]] = {}
+    for case in tests:
+        other = "body" if case.sim.family != "body" else "brain"
+        stranger = simulate_case(other, 9, slices=1, drfs=(k,), device=torch.device("cpu"))
+        shuffled = render_prompt(build_record(series_meta(stranger, k, "1.2", "1.2.3", 1),
+                                              drf=k))
+        base = replace(cascade_opts, drf=k, sino=case.sinos[k])
+        for name in opts.ablations:
+            changes = dict(ABLATIONS[name])
+            if changes.get("prompt") == "shuffled":
+                changes["prompt"] = shuffled
+            t0 = time.perf_counter()
+            volume, _ = _cascade(case.suv(k), case.metas[k], replace(base, **changes))
+            rows.setdefault(name, []).append({**score(volume, case, k),
+                                              "seconds": time.perf_counter() - t0,
+                                              "seed": case.sim.seed})
+    return rows
+
+
+def _speed(results: dict[str, Any], opts: BenchOptions, cascade_opts: CascadeOptions,
+           device: torch.device) -> dict[str, Any]:
+    flops = cascade_flops_per_slice(cascade_opts, opts.weights, device)
+    rate = matmul_rate(device)
+    per_family = results["speed"].get("cascade_timings", {})
+    network_s = [sum(t["timings"].get(s, 0.0) for s in ("sinogram_branch_s", "sd1_s", "sd2_s"))
+                 for t in per_family.values()]
+    per_slice = statistics.median(network_s) / opts.slices if network_s else float("nan")
+    floor = flops["total"] / rate
+    return {"flops_per_slice": flops, "bf16_matmul_flops_per_s": rate,
+            "compute_floor_s_per_slice": floor, "network_s_per_slice": per_slice,
+            "ratio_to_floor": per_slice / floor}
+
+
+def _machine(device: torch.device) -> dict[str, Any]:
+    import os
+
+    info: dict[str, Any] = {"platform": platform.platform(), "processor": platform.processor(),
+                            "cpu_count": os.cpu_count(), "torch": torch.__version__,
+                            "threads": torch.get_num_threads(), "device": str(device)}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+# ----------------------------------------------------------------------------- table
+
+
+def render_table(results: dict[str, Any]) -> str:
+    """The markdown report: methods by family and DRF, ablations, speed (medians)."""
+    lines = [f"petrecon benchmark, {results['date']}, {results['machine']['platform']}, "
+             f"device {results['machine']['device']}; test seeds "
+             f"{', '.join(map(str, results['test_seeds']))}; medians over cases.", ""]
+    lines += ["| family | DRF | method | PSNR (dB) | SSIM | NRMSE | lesion SUVmax bias | "
+              "lesion SUVpeak bias | mean SUV change | z-consistency | s/study |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for family, by_drf in results["cases"].items():
+        for drf, methods in by_drf.items():
+            for name, rows in methods.items():
+                lines.append(_row([family, drf, name], rows))
+    if results["ablations"]:
+        drf = results["options"]["ablation_drf"]
+        lines += ["", f"Ablations of the cascade at DRF {drf} (reference: the 'MiG-DM cascade' "
+                  "row above).", "",
+                  "| family | variant | PSNR (dB) | SSIM | NRMSE | lesion SUVmax bias | "
+                  "lesion SUVpeak bias | mean SUV change | z-consistency | s/study |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for family, variants in results["ablations"].items():
+            for name, rows in variants.items():
+                lines.append(_row([family, name], rows))
+    speed = results["speed"]
+    if "flops_per_slice" in speed:
+        slices = results["options"]["slices"]
+        lines += ["", f"Speed at DRF {results['options']['ablation_drf']} ({slices} planes of "
+                  "128 x 128, one case):", "",
+                  "| family | method or cascade stage | s/study | s/slice |",
+                  "| --- | --- | --- | --- |"]
+        for family, methods in speed.get("methods", {}).items():
+            for name, seconds in methods.items():
+                lines.append(f"| {family} | {name} | {seconds:.2f} | {seconds / slices:.3f} |")
+            timings = speed["cascade_timings"][family]["timings"]
+            for stage, seconds in timings.items():
+                lines.append(f"| {family} | cascade stage: {stage.removesuffix('_s')} | "
+                             f"{seconds:.2f} | {seconds / slices:.3f} |")
+        flops = speed["flops_per_slice"]
+        lines += ["", f"Cascade network FLOPs per slice: {flops['total'] / 1e9:.1f} G "
+                  f"(SD1 + sinogram branch {flops['sd1_and_branch'] / 1e9:.1f} G, SD2 "
+                  f"{flops['sd2'] / 1e9:.1f} G); bf16 matrix products here: "
+                  f"{speed['bf16_matmul_flops_per_s'] / 1e9:.1f} GFLOP/s; compute floor "
+                  f"{speed['compute_floor_s_per_slice']:.3f} s/slice; measured "
+                  f"{speed['network_s_per_slice']:.3f} s/slice in the networks: "
+                  f"{speed['ratio_to_floor']:.1f} x the floor."]
+    return "\n".join(lines) + "\n"
+
+
+def _row(head: list[str], rows: list[dict[str, float]]) -> str:
+    m = {k: _median(rows, k) for k in METRICS}
+    return ("| " + " | ".join(str(h) for h in head) + f" | {m['psnr_db']:.2f} | "
+            f"{m['ssim']:.3f} | {m['nrmse']:.3f} | {100 * m['lesion_suvmax_bias']:+.1f} % | "
+            f"{100 * m['lesion_suvpeak_bias']:+.1f} % | {100 * m['mean_suv_change']:+.2f} % | "
+            f"{m['z_consistency']:.2f} | {m['seconds']:.1f} |")
