@@ -302,7 +302,7 @@ def main() -> None:
 @app.command()
 @_user_errors
 def train(
-    stage: Annotated[str, typer.Argument(help="mi-encoder, srm, sd1 or sd2.")],
+    stage: Annotated[str, typer.Argument(help="mi-encoder, srm, sd1, sd2 or unet.")],
     data: Annotated[Path, typer.Option(help="Shards folder (petrecon make-dataset).")],
     out_dir: Annotated[Path, typer.Option("--out", help="Run folder (checkpoints, weights).")],
     steps: Annotated[int, typer.Option(min=1)] = 2000,
@@ -318,8 +318,17 @@ def train(
     resume: Annotated[bool, typer.Option(help="Continue from the run's checkpoint.")] = True,
     device: Device = "auto",
     bf16: Annotated[bool, typer.Option(help="bf16 autocast.")] = True,
+    anchor_loss: Annotated[
+        bool, typer.Option(help="sd1/sd2: MAP-Diff intermediate-dose anchor loss.")
+    ] = False,
+    anchor_weight: Annotated[
+        float, typer.Option(min=0.0, help="Coefficient of the anchor loss.")
+    ] = 1.0,
+    anchor_width: Annotated[
+        float, typer.Option(min=0.1, help="Width in timesteps of the anchor weighting.")
+    ] = 10.0,
 ) -> None:
-    """Train one stage of the MiG-DM cascade on simulated shards."""
+    """Train one stage of the MiG-DM cascade (or the U-Net baseline) on simulated shards."""
     from pet_recon.training import STAGES, TrainOptions
     from pet_recon.training import train as run
 
@@ -328,7 +337,8 @@ def train(
         raise PetReconError(f"stage must be one of {', '.join(STAGES)}, got {stage!r}")
     report = run(stage, TrainOptions(
         data=data, out=out_dir, steps=steps, device=_device(device), batch_size=batch_size,
-        lr=lr, seed=seed, frozen=frozen, trust_frozen=trust_frozen, resume=resume, bf16=bf16))
+        lr=lr, seed=seed, frozen=frozen, trust_frozen=trust_frozen, resume=resume, bf16=bf16,
+        anchor_loss=anchor_loss, anchor_weight=anchor_weight, anchor_width=anchor_width))
     typer.echo(json.dumps({k: report[k] for k in ("stage", "seconds", "weights", "metrics")}))
 
 

@@ -216,6 +216,19 @@ def test_slice_stream_levels_hold_every_level_of_the_slice(runs: Path) -> None:
     assert only_20["drf"] == 20.0 and sorted(only_20["levels"]) == [4, 20]
 
 
+def test_stack_anchors_on_tiny_set_gives_drf4_for_drf20_inputs(runs: Path) -> None:
+    items = list(SliceStream(runs / "data", "train", seed=0, with_levels=True))
+    drfs = [item["drf"] for item in items]
+    assert {4.0, 20.0} <= set(drfs)
+    images, anchor_drfs = stack_anchors([item["levels"] for item in items], drfs,
+                                        {4: 24, 20: 60})
+    assert images.shape == (len(items), 1, 1, 32, 32)
+    for i, item in enumerate(items):
+        assert anchor_drfs[i].tolist() == ([4] if item["drf"] == 20.0 else [0])
+        if item["drf"] == 20.0:
+            torch.testing.assert_close(images[i, 0], item["levels"][4].float())
+
+
 def test_calibrate_from_data_lower_dose_gives_larger_step(runs: Path) -> None:
     schedule = NoiseSchedule.linear()
     result = calibrate_from_data(runs / "data", None, schedule, slices=64)

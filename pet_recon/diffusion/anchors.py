@@ -45,8 +45,10 @@ from safetensors import safe_open
 from pet_recon.diffusion.schedule import NoiseSchedule
 from pet_recon.errors import PetReconError
 
-#: Default width (timesteps) of the Gaussian anchor weight: about the half inter-quartile
-#: range of the per-slice matched timesteps on the training data (``docs/map-diff.md``).
+#: Default width (timesteps) of the Gaussian anchor weight: about half the inter-quartile
+#: range of the per-slice matched steps of the lower anchors on the training data (7 and 14
+#: steps for DRF 4 and 10) and below the spacing of neighbouring anchors (15 to 31 steps);
+#: ``docs/map-diff.md``.
 DEFAULT_WIDTH = 10.0
 #: Default coefficient ``lambda`` of the anchor loss: at ``t = t_k`` the anchor counts as
 #: much as the full-dose target.
