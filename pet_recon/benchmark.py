@@ -70,7 +70,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "SD1 5 steps": {"steps": 5},
     "SD1 20 steps": {"steps": 20},
     "mean of 4 samples": {"samples": 4},
-    "noise shared across planes": {"shared_noise": True},
+    "noise drawn per plane": {"shared_noise": False},
 }
 METRICS = ("psnr_db", "psnr_udpet_db", "ssim", "nrmse", "lesion_suvmax_bias",
            "lesion_suvpeak_bias", "mean_suv_change", "z_consistency", "seconds")

@@ -95,8 +95,9 @@ def reconstruct(
         int, typer.Option(min=1, max=64, help="Average this many samples (K times slower).")
     ] = 1,
     shared_noise: Annotated[
-        bool, typer.Option(help="One noise plane for all slices (coherent along z).")
-    ] = False,
+        bool, typer.Option("--shared-noise/--per-slice-noise",
+                           help="One noise plane for all slices (coherent along z).")
+    ] = True,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     batch_size: Annotated[int, typer.Option(min=1, max=512, help="Slices at once.")] = 8,
     weights: Annotated[

@@ -19,7 +19,7 @@ from pet_recon.errors import PetReconError
 def test_run_benchmark_tiny_writes_table_json_and_figures(runs: Path, tmp_path: Path) -> None:
     out = tmp_path / "bench"
     opts = BenchOptions(out=out, families=("body",), drfs=(20,), slices=4,
-                        ablations=("shuffled prompt", "noise shared across planes"),
+                        ablations=("shuffled prompt", "noise drawn per plane"),
                         weights=runs / "weights")
     result = run_benchmark(opts)
     saved = json.loads((out / "benchmark.json").read_text())
@@ -29,7 +29,7 @@ def test_run_benchmark_tiny_writes_table_json_and_figures(runs: Path, tmp_path: 
                             "MiG-DM, projected sinogram", "MiG-DM cascade"}
     low = methods["low dose"][0]
     assert low["seed"] == 9 and low["mean_suv_change"] == 0.0 and np.isfinite(low["psnr_db"])
-    assert set(saved["ablations"]["body"]) == {"shuffled prompt", "noise shared across planes"}
+    assert set(saved["ablations"]["body"]) == {"shuffled prompt", "noise drawn per plane"}
     assert saved["tuned"]["body"]["20"]["gaussian_fwhm_mm"] in (0, 2, 4, 6, 8, 10, 12)
     speed = saved["speed"]
     assert speed["flops_per_slice"]["sd2"] > 0 and speed["bf16_matmul_flops_per_s"] > 0
