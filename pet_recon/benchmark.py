@@ -38,9 +38,19 @@ import torch
 from pet_recon.errors import PetReconError
 from pet_recon.io.metadata import SeriesMeta
 from pet_recon.io.sinogram import write_sinogram
-from pet_recon.metrics import body_mask, nrmse, psnr, psnr_udpet, ssim, voi_stats, z_consistency
+from pet_recon.metrics import (
+    NemaSphere,
+    body_mask,
+    nema_contrast_recovery,
+    nrmse,
+    psnr,
+    psnr_udpet,
+    ssim,
+    voi_stats,
+    z_consistency,
+)
 from pet_recon.output import check_output_dir, staged_output
-from pet_recon.physics.phantoms import LESION_BASE
+from pet_recon.physics.phantoms import LESION_BASE, Label
 from pet_recon.physics.simulate import SimulatedCase, series_meta, simulate_case
 from pet_recon.pipeline import (
     CascadeOptions,
@@ -164,8 +174,9 @@ def _make_case(family: str, seed: int, drfs: tuple[int, ...], slices: int,
 # ----------------------------------------------------------------------------- scores
 
 
-def score(pred: np.ndarray, case: _Case, drf: int) -> dict[str, float]:
-    """Every metric of ``pred`` (SUV) against the full-dose image of ``case``."""
+def score(pred: np.ndarray, case: _Case, drf: int) -> dict[str, Any]:
+    """Every metric of ``pred`` (SUV) against the full-dose image of ``case``; per-lesion
+    biases (with diameters) and, for NEMA cases, contrast recovery per sphere."""
     fd, ld = case.suv(1), case.suv(drf)
     mask = body_mask(fd, case.spacing)
     labels = case.sim.phantom.labels
@@ -175,7 +186,15 @@ def score(pred: np.ndarray, case: _Case, drf: int) -> dict[str, float]:
     max_bias = [pred_stats[k]["suv_max"] / ref_stats[k]["suv_max"] - 1 for k in ref_stats]
     peak_bias = [pred_stats[k]["suv_peak"] / ref_stats[k]["suv_peak"] - 1 for k in ref_stats]
     range_suv = float(fd[mask].max())
-    return {
+    info = {d["label"]: d for d in case.sim.phantom.info.get("lesions", [])}
+    extra: dict[str, Any] = {"lesions": [
+        {"label": int(k), "diameter_mm": info.get(k, {}).get("diameter_mm"),
+         "suv_max_bias": pred_stats[k]["suv_max"] / ref_stats[k]["suv_max"] - 1,
+         "suv_peak_bias": pred_stats[k]["suv_peak"] / ref_stats[k]["suv_peak"] - 1}
+        for k in ref_stats]}
+    if case.sim.family == "nema":
+        extra["nema"] = _nema_recovery(pred, case)
+    return extra | {
         "psnr_db": psnr(pred, fd, mask),
         "psnr_udpet_db": psnr_udpet(pred, fd),
         "ssim": ssim(pred, fd, mask=mask, data_range=range_suv, mode="2d"),
@@ -185,6 +204,25 @@ def score(pred: np.ndarray, case: _Case, drf: int) -> dict[str, float]:
         "mean_suv_change": float(pred[mask].mean() / ld[mask].mean() - 1.0),
         "z_consistency": z_consistency(pred, mask),
     }
+
+
+def _nema_recovery(volume: np.ndarray, case: _Case) -> dict[str, Any]:
+    """NEMA NU 2 contrast recovery and background variability (%) per sphere diameter."""
+    info = case.sim.phantom.info
+    g = case.sim.image
+    centre = np.array([(g.nx - 1) / 2, (g.ny - 1) / 2, (g.n_planes - 1) / 2])
+    spheres = [NemaSphere(d["label"], float(d["diameter_mm"]), tuple(
+        centre + np.asarray(d["centre_mm"]) / np.asarray(case.spacing)))
+        for d in info["lesions"]]
+    background = case.sim.phantom.labels == int(Label.PHANTOM_FILL)
+    try:
+        result = nema_contrast_recovery(volume, case.sim.phantom.labels, spheres, background,
+                                        float(info["ratio"]), case.spacing)
+    except ValueError as exc:
+        return {"skipped": str(exc)}
+    return {f"{r['diameter_mm']:g} mm": {"cr_pct": r["contrast_recovery_pct"],
+                                         "bv_pct": r["background_variability_pct"]}
+            for r in result.values()}
 
 
 # ----------------------------------------------------------------------------- methods
@@ -337,6 +375,8 @@ def run_benchmark(opts: BenchOptions, progress: Callable[[str], None] | None = N
             results["tuned"][family] = tuned
             tests = [_make_case(family, 9 + 10 * i, drfs, opts.slices, device, tmp)
                      for i in range(opts.cases)]
+            if family == "nema":
+                results["nema_full_dose"] = _nema_recovery(tests[0].suv(1), tests[0])
             for case in tests:
                 for k in opts.drfs:
                     say(f"{family} seed {case.sim.seed} DRF {k}: methods")
@@ -489,6 +529,26 @@ def render_table(results: dict[str, Any]) -> str:
         for family, variants in results["ablations"].items():
             for name, rows in variants.items():
                 lines.append(_row([family, name], rows))
+    nema = results["cases"].get("nema", {})
+    if nema:
+        lines += ["", "NEMA IEC phantom: contrast recovery CR (background variability BV) in % "
+                  "per sphere, NEMA NU 2 (`docs/metrics.md`); full dose for comparison.", ""]
+        for drf, methods in nema.items():
+            first = next(iter(methods.values()))[0].get("nema", {})
+            if "skipped" in first:
+                continue
+            spheres = list(first)
+            lines += [f"| DRF {drf} | " + " | ".join(spheres) + " |",
+                      "| --- |" + " --- |" * len(spheres)]
+            full = results.get("nema_full_dose", {})
+            if full and "skipped" not in full:
+                lines.append("| full dose | " + " | ".join(
+                    f"{full[d]['cr_pct']:.0f} ({full[d]['bv_pct']:.1f})" for d in spheres) + " |")
+            for name, rows in methods.items():
+                values = rows[0]["nema"]
+                lines.append(f"| {name} | " + " | ".join(
+                    f"{values[d]['cr_pct']:.0f} ({values[d]['bv_pct']:.1f})" for d in spheres)
+                    + " |")
     speed = results["speed"]
     if "flops_per_slice" in speed:
         slices = results["options"]["slices"]

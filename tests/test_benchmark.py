@@ -18,7 +18,7 @@ from pet_recon.errors import PetReconError
 @pytest.mark.slow
 def test_run_benchmark_tiny_writes_table_json_and_figures(runs: Path, tmp_path: Path) -> None:
     out = tmp_path / "bench"
-    opts = BenchOptions(out=out, families=("body",), drfs=(20,), slices=4,
+    opts = BenchOptions(out=out, families=("body", "nema"), drfs=(20,), slices=4,
                         ablations=("shuffled prompt", "noise drawn per plane"),
                         weights=runs / "weights")
     result = run_benchmark(opts)
@@ -36,6 +36,10 @@ def test_run_benchmark_tiny_writes_table_json_and_figures(runs: Path, tmp_path: 
     assert speed["ratio_to_floor"] > 0
     assert (out / "table.md").read_text() == result["table"]
     assert "| body | 20 | MiG-DM cascade |" in result["table"]
+    assert "ablations" not in saved or "nema" not in saved["ablations"]
+    nema = saved["cases"]["nema"]["20"]["MiG-DM cascade"][0]
+    assert {d["label"] for d in nema["lesions"]} == set(range(100, 106))
+    assert "NEMA IEC phantom" in result["table"]
     for name in ("images_body.png", "drf_curves.png"):
         assert (out / name).stat().st_size > 1000
     with pytest.raises(PetReconError, match="exists"):
