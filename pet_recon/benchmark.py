@@ -63,9 +63,9 @@ from pet_recon.pipeline import (
 
 log = logging.getLogger(__name__)
 
-FWHM_GRID_MM = (0.0, 2.0, 4.0, 6.0, 8.0, 10.0, 12.0)
+FWHM_GRID_MM = (0.0, 2.0, 4.0, 6.0, 8.0, 10.0, 12.0, 15.0, 18.0, 22.0)
 #: Non-local means ``h`` as a fraction of the low-dose volume's mean SUV in the body.
-NLM_H_GRID = (0.1, 0.2, 0.35, 0.5, 0.75, 1.0)
+NLM_H_GRID = (0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0)
 FAMILIES = ("brain", "body", "nema")
 DRFS = (4, 10, 20, 50)
 #: Cascade variants of the ablation study: name -> changes to the default options.

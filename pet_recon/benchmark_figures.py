@@ -95,6 +95,8 @@ def drf_curves(results: dict[str, Any], path: Path) -> None:
         axes[1, j].axhline(0.0, color="grey", linewidth=0.6)
         for ax in axes[:, j]:
             ax.set_xscale("log")
+            ax.set_xticks([float(d) for d in drfs], [str(d) for d in drfs])
+            ax.minorticks_off()
             ax.set_xlabel("dose reduction factor")
             ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=7)

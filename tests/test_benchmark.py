@@ -11,7 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from pet_recon.benchmark import BenchOptions, matmul_rate, nl_means, run_benchmark
+from pet_recon.benchmark import (
+    FWHM_GRID_MM,
+    BenchOptions,
+    matmul_rate,
+    nl_means,
+    run_benchmark,
+)
 from pet_recon.errors import PetReconError
 
 
@@ -30,7 +36,7 @@ def test_run_benchmark_tiny_writes_table_json_and_figures(runs: Path, tmp_path: 
     low = methods["low dose"][0]
     assert low["seed"] == 9 and low["mean_suv_change"] == 0.0 and np.isfinite(low["psnr_db"])
     assert set(saved["ablations"]["body"]) == {"shuffled prompt", "noise drawn per plane"}
-    assert saved["tuned"]["body"]["20"]["gaussian_fwhm_mm"] in (0, 2, 4, 6, 8, 10, 12)
+    assert saved["tuned"]["body"]["20"]["gaussian_fwhm_mm"] in FWHM_GRID_MM
     speed = saved["speed"]
     assert speed["flops_per_slice"]["sd2"] > 0 and speed["bf16_matmul_flops_per_s"] > 0
     assert speed["ratio_to_floor"] > 0
