@@ -29,6 +29,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ import torch
 
 from pet_recon.errors import PetReconError
 from pet_recon.io.metadata import SeriesMeta
+from pet_recon.io.resample import resample_volume
 from pet_recon.io.sinogram import write_sinogram
 from pet_recon.metrics import (
     NemaSphere,
@@ -57,7 +59,6 @@ from pet_recon.pipeline import (
     _restore_mig_dm,
     gaussian_filter,
     model_grid,
-    resample_volume,
     resolve_device,
 )
 
@@ -161,6 +162,22 @@ class _Case:
     def truth(self) -> np.ndarray:
         return (self.sim.truth_bqml * self.sim.suv_factor(1)).astype(np.float32)
 
+    @cached_property
+    def body(self) -> np.ndarray:
+        """Body mask of the full-dose image (every method is scored inside it)."""
+        return body_mask(self.suv(1), self.spacing)
+
+    @cached_property
+    def lesions(self) -> np.ndarray:
+        """The label map with every label but the lesions' set to 0."""
+        labels = self.sim.phantom.labels
+        return np.where(labels >= LESION_BASE, labels, 0)
+
+    @cached_property
+    def reference_stats(self) -> dict[int, dict[str, float]]:
+        """:func:`~pet_recon.metrics.voi_stats` of the full-dose image's lesions."""
+        return voi_stats(self.suv(1), self.lesions, self.spacing)
+
 
 def _make_case(family: str, seed: int, drfs: tuple[int, ...], slices: int,
                device: torch.device, tmp: Path) -> _Case:
@@ -177,12 +194,9 @@ def _make_case(family: str, seed: int, drfs: tuple[int, ...], slices: int,
 def score(pred: np.ndarray, case: _Case, drf: int) -> dict[str, Any]:
     """Every metric of ``pred`` (SUV) against the full-dose image of ``case``; per-lesion
     biases (with diameters) and, for NEMA cases, contrast recovery per sphere."""
-    fd, ld = case.suv(1), case.suv(drf)
-    mask = body_mask(fd, case.spacing)
-    labels = case.sim.phantom.labels
-    lesions = np.where(labels >= LESION_BASE, labels, 0)
-    ref_stats = voi_stats(fd, lesions, case.spacing)
-    pred_stats = voi_stats(pred, lesions, case.spacing)
+    fd, ld, mask = case.suv(1), case.suv(drf), case.body
+    ref_stats = case.reference_stats
+    pred_stats = voi_stats(pred, case.lesions, case.spacing)
     max_bias = [pred_stats[k]["suv_max"] / ref_stats[k]["suv_max"] - 1 for k in ref_stats]
     peak_bias = [pred_stats[k]["suv_peak"] / ref_stats[k]["suv_peak"] - 1 for k in ref_stats]
     range_suv = float(fd[mask].max())
@@ -425,10 +439,11 @@ def _methods(case: _Case, drf: int, tuned: dict[str, float], unet: _UNetBaseline
         "non-local means (tuned)": lambda: (nl_means(ld, tuned["nlm_h_fraction"],
                                                      case.spacing), {}),
         "U-Net regression": lambda: (unet(ld, meta), {}),
-        "SD1 alone, no sinogram": lambda: _cascade(
-            ld, meta, replace(base, resample_step=0, use_sinogram=False)),
-        "MiG-DM, projected sinogram": lambda: _cascade(ld, meta, replace(base, sino=None)),
-        "MiG-DM cascade": lambda: _cascade(ld, meta, base),
+        "SD1 alone, no sinogram": lambda: _restore_mig_dm(
+            ld, meta, replace(base, resample_step=0, use_sinogram=False), [], _NullBar()),
+        "MiG-DM, projected sinogram": lambda: _restore_mig_dm(
+            ld, meta, replace(base, sino=None), [], _NullBar()),
+        "MiG-DM cascade": lambda: _restore_mig_dm(ld, meta, base, [], _NullBar()),
     }
     outputs = {}
     for name, run in runs.items():
@@ -436,12 +451,6 @@ def _methods(case: _Case, drf: int, tuned: dict[str, float], unet: _UNetBaseline
         volume, details = run()
         outputs[name] = (volume, time.perf_counter() - t0, details)
     return outputs
-
-
-def _cascade(volume: np.ndarray, meta: SeriesMeta, opts: CascadeOptions
-             ) -> tuple[np.ndarray, dict[str, Any]]:
-    restored, info = _restore_mig_dm(volume, meta, opts, [], _NullBar())
-    return restored, info
 
 
 def _ablations(tests: list[_Case], opts: BenchOptions, cascade_opts: CascadeOptions
@@ -462,7 +471,8 @@ def _ablations(tests: list[_Case], opts: BenchOptions, cascade_opts: CascadeOpti
             if changes.get("prompt") == "shuffled":
                 changes["prompt"] = shuffled
             t0 = time.perf_counter()
-            volume, _ = _cascade(case.suv(k), case.metas[k], replace(base, **changes))
+            volume, _ = _restore_mig_dm(case.suv(k), case.metas[k], replace(base, **changes), [],
+                                        _NullBar())
             rows.setdefault(name, []).append({**score(volume, case, k),
                                               "seconds": time.perf_counter() - t0,
                                               "seed": case.sim.seed})

@@ -25,6 +25,7 @@ from tqdm import tqdm
 import pet_recon
 from pet_recon.errors import PetReconError
 from pet_recon.io.metadata import SeriesMeta, VolumeGeometry
+from pet_recon.io.resample import resample_volume
 from pet_recon.io.series import read_series
 from pet_recon.io.suv import SuvUnavailable, suv_scale
 from pet_recon.io.writer import write_derived_series
@@ -104,8 +105,7 @@ class CascadeOptions:
         Draw the initial and the resampling noise once per volume (one plane for every
         slice) instead of per slice, so that the sampling noise does not change from slice
         to slice. The default: per-slice noise gives slice-to-slice discontinuities (the
-        z-consistency metric about 2.7x higher on brain, 1.5x on body, for about 0.2 dB of
-        PSNR; ``docs/benchmark.md``).
+        benchmark's z-consistency metric and its cost in PSNR are in ``docs/benchmark.md``).
     use_sinogram, use_prompt, sd2_first : bool
         Ablations: no sinogram branch; blank prompt; SD2 before SD1.
     prompt : str or None
@@ -161,20 +161,6 @@ def model_grid(meta: SeriesMeta, matrix: int) -> VolumeGeometry:
     return VolumeGeometry(shape=(g.shape[0], matrix, matrix),
                           origin=tuple(float(v) for v in origin),
                           spacing=(new_x, new_y, g.spacing[2]), direction=g.direction)
-
-
-def resample_volume(volume: np.ndarray, source: VolumeGeometry,
-                    target: VolumeGeometry) -> np.ndarray:
-    """Linear resampling of a volume onto another grid (SimpleITK); when the target is
-    coarser, a Gaussian of 0.4 target pixels (sigma) first avoids aliasing."""
-    image = source.to_sitk(volume.astype(np.float32))
-    factor = max(t / s for t, s in zip(target.spacing[:2], source.spacing[:2], strict=True))
-    if factor > 1.2:
-        variance = [(0.4 * t) ** 2 for t in target.spacing[:2]] + [0.0]  # in-plane only
-        image = sitk.DiscreteGaussian(image, variance, useImageSpacing=True)
-    reference = target.to_sitk(np.zeros(target.shape, np.float32))
-    out = sitk.Resample(image, reference, sitk.Transform(), sitk.sitkLinear, 0.0)
-    return sitk.GetArrayFromImage(out).astype(np.float32)
 
 
 def _model_sinograms(path: Path, n_slices: int, grid: VolumeGeometry,

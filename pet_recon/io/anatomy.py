@@ -13,9 +13,10 @@ Conventions (``docs/anatomy.md`` has the details):
   SimpleITK resampling convention: the PET grid is the fixed image, the anatomy the moving one).
 - Resampling is trilinear; points outside the anatomy get the anatomy's minimum value (air:
   about -1000 HU for CT, about 0 for MR). When the PET grid is coarser than the anatomy's by
-  more than :data:`ANTIALIAS_RATIO` along an anatomy axis, a Gaussian of
-  :data:`ANTIALIAS_SIGMA` PET voxels (standard deviation) first removes detail the PET grid
-  cannot hold, as :func:`pet_recon.pipeline.resample_volume` does for the PET itself.
+  more than :data:`~pet_recon.io.resample.ANTIALIAS_RATIO` along an anatomy axis, a Gaussian
+  of :data:`~pet_recon.io.resample.ANTIALIAS_SIGMA` PET voxels (standard deviation) first
+  removes detail the PET grid cannot hold (:func:`~pet_recon.io.resample.resample_volume`,
+  the same resampling as for the PET itself).
 - The anatomy must cover at least :data:`MIN_COVERAGE` of the PET voxels (voxel centres
   inside the anatomy's voxel extent after the transform); otherwise a
   :class:`~pet_recon.errors.PetReconError` names the anatomical series and its folder.
@@ -33,6 +34,7 @@ import SimpleITK as sitk
 
 from pet_recon.errors import PetReconError
 from pet_recon.io.metadata import SeriesMeta, VolumeGeometry
+from pet_recon.io.resample import antialias_variance, resample_volume
 from pet_recon.io.series import find_series, read_series
 
 __all__ = [
@@ -51,10 +53,6 @@ ANATOMY_MODALITIES = ("MR", "CT")
 """Modalities (0008,0060) accepted as anatomical images."""
 MIN_COVERAGE = 0.5
 """Smallest fraction of PET voxel centres that must fall inside the anatomical image."""
-ANTIALIAS_SIGMA = 0.4
-"""Standard deviation of the anti-aliasing Gaussian, in PET voxels along each anatomy axis."""
-ANTIALIAS_RATIO = 1.2
-"""The Gaussian is applied along an anatomy axis whose PET spacing exceeds this many voxels."""
 
 HISTOGRAM_BINS = 32
 """Mattes mutual information histogram bins."""
@@ -268,7 +266,6 @@ def to_pet_grid(
     ValueError
         ``anatomy`` does not match ``anatomy_geometry``.
     """
-    image = anatomy_geometry.to_sitk(np.asarray(anatomy, dtype=np.float32))
     covered = coverage(anatomy_geometry, pet_geometry, transform)
     if covered < MIN_COVERAGE:
         where = (
@@ -284,16 +281,8 @@ def to_pet_grid(
             f"{label}: does not overlap the PET volume {amount} ({where}); is it the same "
             "patient and frame of reference?"
         )
-    variance = _antialias_variance(anatomy_geometry, pet_geometry)
-    if any(v > 0 for v in variance):
-        image = sitk.DiscreteGaussian(image, variance, useImageSpacing=True)
-    reference = pet_geometry.to_sitk(np.zeros(pet_geometry.shape, np.float32))
     outside = float(np.min(anatomy)) if np.size(anatomy) else 0.0
-    out = sitk.Resample(
-        image, reference, _or_identity(transform), sitk.sitkLinear, outside,
-        sitk.sitkFloat32,
-    )
-    return sitk.GetArrayFromImage(out).astype(np.float32, copy=False)
+    return resample_volume(anatomy, anatomy_geometry, pet_geometry, transform, outside)
 
 
 def register_rigid(
@@ -468,7 +457,7 @@ def prepare_anatomy(
             warnings.append(f"rigid registration did not converge: {result.stop_condition}")
     transform = None if result is None else result.transform
     resampled = to_pet_grid(volume, meta.geometry, pet_meta.geometry, transform, label=label)
-    variance = _antialias_variance(meta.geometry, pet_meta.geometry)
+    variance = antialias_variance(meta.geometry, pet_meta.geometry)
     report: dict[str, Any] = {
         "modality": meta.modality,
         "series_instance_uid": uid,
@@ -535,25 +524,6 @@ def _initial_metric(
         return float(method.MetricEvaluate(fixed, moving))
     except RuntimeError:  # too few samples inside the moving image
         return float("inf")
-
-
-def _antialias_variance(
-    anatomy_geometry: VolumeGeometry, pet_geometry: VolumeGeometry
-) -> list[float]:
-    """Gaussian variance (mm^2) along each anatomy axis (x, y, z) before resampling.
-
-    The PET spacing along anatomy axis ``a`` is ``sqrt(sum_j ((a . p_j) s_j)^2)`` over the
-    PET axes ``p_j`` with spacings ``s_j`` (exact for aligned grids).
-    """
-    a = np.asarray(anatomy_geometry.direction, dtype=float).reshape(3, 3)
-    p = np.asarray(pet_geometry.direction, dtype=float).reshape(3, 3)
-    pet_spacing = np.asarray(pet_geometry.spacing, dtype=float)
-    along = np.sqrt((((a.T @ p) * pet_spacing[None, :]) ** 2).sum(axis=1))
-    own = np.asarray(anatomy_geometry.spacing, dtype=float)
-    return [
-        float((ANTIALIAS_SIGMA * t) ** 2) if t > ANTIALIAS_RATIO * s else 0.0
-        for t, s in zip(along, own, strict=True)
-    ]
 
 
 def _or_identity(transform: sitk.Transform | None) -> sitk.Transform:
