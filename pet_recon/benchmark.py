@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pet_recon.cascade import Cascade
 from pet_recon.errors import PetReconError
 from pet_recon.io.metadata import SeriesMeta
 from pet_recon.io.resample import resample_volume
@@ -55,6 +56,7 @@ from pet_recon.output import check_output_dir, staged_output
 from pet_recon.physics.phantoms import LESION_BASE, Label
 from pet_recon.physics.simulate import SimulatedCase, series_meta, simulate_case
 from pet_recon.pipeline import (
+    AnchorVolume,
     CascadeOptions,
     _restore_mig_dm,
     gaussian_filter,
@@ -108,6 +110,10 @@ class BenchOptions:
         Names from :data:`ABLATIONS` to run.
     weights : Path or None
         Weights folder (default: shipped).
+    compare_weights : Path or None
+        A second weights folder (for example one whose SD2 was trained with or without the
+        MAP-Diff anchor loss): adds its cascade as one more method, named by whether its
+        SD2 carries dose anchors.
     device : str
         ``auto``, ``cpu`` or ``cuda``.
     figures : bool
@@ -124,6 +130,7 @@ class BenchOptions:
     ablation_drf: int = 20
     ablations: tuple[str, ...] = tuple(ABLATIONS)
     weights: Path | None = None
+    compare_weights: Path | None = None
     device: str = "cpu"
     figures: bool = True
     overwrite: bool = False
@@ -327,8 +334,6 @@ def cascade_flops_per_slice(opts: CascadeOptions, weights: Path | None,
     counter: SD1 with the sinogram branch, SD2, and their total."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from pet_recon.cascade import Cascade
-
     cascade = Cascade.load(weights, device)
     matrix = int(cascade.branch.config["image_size"])
     low = torch.rand(1, 2 * cascade.neighbours + 1, matrix, matrix)
@@ -367,14 +372,25 @@ def run_benchmark(opts: BenchOptions, progress: Callable[[str], None] | None = N
     device = resolve_device(opts.device)
     cascade_opts = replace(opts.cascade, weights=opts.weights, device=str(device))
     unet = _UNetBaseline(opts.weights, device)
-    drfs = tuple(sorted(set(opts.drfs) | {opts.ablation_drf}))
+    anchors = {folder: Cascade.load(folder, device).anchors
+               for folder in (opts.weights, opts.compare_weights)}
+    compare = None
+    if opts.compare_weights is not None:
+        compare = (f"MiG-DM cascade, SD2 {'with' if anchors[opts.compare_weights] else 'without'}"
+                   f" anchor loss", replace(cascade_opts, weights=opts.compare_weights))
+    # Progressive outputs from the first weights that carry anchors; their dose levels are
+    # simulated too, to score each anchor's output against the real image of its level.
+    progressive = next(((folder, a) for folder, a in anchors.items() if a), None)
+    levels = set(progressive[1]) if progressive else set()
+    drfs = tuple(sorted(set(opts.drfs) | {opts.ablation_drf}
+                        | {k for k in levels if 1 < k < max(opts.drfs)}))
     started = time.strftime("%Y-%m-%d %H:%M")
     t_start = time.perf_counter()
     results: dict[str, Any] = {
         "date": started, "machine": _machine(device), "options": _jsonable(asdict(opts)),
         "test_seeds": [9 + 10 * i for i in range(opts.cases)],
         "validation_seeds": [8 + 10 * i for i in range(opts.cases)],
-        "tuned": {}, "cases": {}, "ablations": {}, "speed": {},
+        "tuned": {}, "cases": {}, "ablations": {}, "progressive": {}, "speed": {},
     }
     examples: dict[str, dict[str, np.ndarray]] = {}
     with tempfile.TemporaryDirectory(prefix="petrecon-bench-") as tmp_name:
@@ -394,8 +410,15 @@ def run_benchmark(opts: BenchOptions, progress: Callable[[str], None] | None = N
             for case in tests:
                 for k in opts.drfs:
                     say(f"{family} seed {case.sim.seed} DRF {k}: methods")
-                    outputs = _methods(case, k, tuned[str(k)], unet, cascade_opts)
+                    outputs, anchor_volumes = _methods(
+                        case, k, tuned[str(k)], unet, cascade_opts, compare,
+                        progressive[0] if progressive else None)
+                    if anchor_volumes:
+                        results["progressive"].setdefault(family, {}).setdefault(
+                            str(k), []).append(_progressive_scores(
+                                anchor_volumes, outputs[_PROGRESSIVE_SOURCE][0], case, k))
                     rows = results["cases"].setdefault(family, {}).setdefault(str(k), {})
+                    outputs.pop(_PROGRESSIVE_SOURCE, None)
                     for name, (volume, seconds, _) in outputs.items():
                         rows.setdefault(name, []).append(
                             {**score(volume, case, k), "seconds": seconds,
@@ -427,30 +450,72 @@ def run_benchmark(opts: BenchOptions, progress: Callable[[str], None] | None = N
     return results
 
 
+#: The method whose run also gives the progressive outputs (the main output is unchanged
+#: by them, :meth:`pet_recon.cascade.Cascade.restore`).
+_PROGRESSIVE_SOURCE = "progressive source"
+
+
 def _methods(case: _Case, drf: int, tuned: dict[str, float], unet: _UNetBaseline,
-             cascade_opts: CascadeOptions
-             ) -> dict[str, tuple[np.ndarray, float, dict[str, Any]]]:
-    """Every method on one case and dose level: name -> (SUV volume, seconds, details)."""
+             cascade_opts: CascadeOptions, compare: tuple[str, CascadeOptions] | None,
+             progressive_weights: Path | None
+             ) -> tuple[dict[str, tuple[np.ndarray, float, dict[str, Any]]], list[AnchorVolume]]:
+    """Every method on one case and dose level: name -> (SUV volume, seconds, details),
+    and the progressive outputs of the cascade run with ``progressive_weights`` (its
+    outputs also under the key :data:`_PROGRESSIVE_SOURCE`)."""
     ld, meta = case.suv(drf), case.metas[drf]
     base = replace(cascade_opts, drf=drf, sino=case.sinos[drf])
-    runs: dict[str, Callable[[], tuple[np.ndarray, dict[str, Any]]]] = {
-        "low dose": lambda: (ld, {}),
-        "Gaussian (tuned)": lambda: (gaussian_filter(ld, meta, tuned["gaussian_fwhm_mm"]), {}),
+
+    def cascade(opts: CascadeOptions, anchors: bool = False
+                ) -> tuple[np.ndarray, dict[str, Any], list[AnchorVolume]]:
+        progressive = (anchors and progressive_weights is not None
+                       and opts.weights == progressive_weights)
+        return _restore_mig_dm(ld, meta, replace(opts, progressive=progressive), [],
+                               _NullBar(), case.sinos[drf])
+
+    runs: dict[str, Callable[[], tuple[np.ndarray, dict[str, Any], list[AnchorVolume]]]] = {
+        "low dose": lambda: (ld, {}, []),
+        "Gaussian (tuned)": lambda: (gaussian_filter(ld, meta, tuned["gaussian_fwhm_mm"]), {},
+                                     []),
         "non-local means (tuned)": lambda: (nl_means(ld, tuned["nlm_h_fraction"],
-                                                     case.spacing), {}),
-        "U-Net regression": lambda: (unet(ld, meta), {}),
-        "SD1 alone, no sinogram": lambda: _restore_mig_dm(
-            ld, meta, replace(base, resample_step=0, use_sinogram=False), [], _NullBar()),
-        "MiG-DM, projected sinogram": lambda: _restore_mig_dm(
-            ld, meta, replace(base, sino=None), [], _NullBar()),
-        "MiG-DM cascade": lambda: _restore_mig_dm(ld, meta, base, [], _NullBar()),
+                                                     case.spacing), {}, []),
+        "U-Net regression": lambda: (unet(ld, meta), {}, []),
+        "SD1 alone, no sinogram": lambda: cascade(
+            replace(base, resample_step=0, use_sinogram=False)),
+        "MiG-DM, projected sinogram": lambda: cascade(replace(base, sino=None)),
+        "MiG-DM cascade": lambda: cascade(base, anchors=True),
     }
-    outputs = {}
+    if compare is not None:
+        runs[compare[0]] = lambda: cascade(replace(compare[1], drf=drf, sino=case.sinos[drf]),
+                                           anchors=True)
+    outputs, anchors = {}, []
     for name, run in runs.items():
         t0 = time.perf_counter()
-        volume, details = run()
+        volume, details, found = run()
         outputs[name] = (volume, time.perf_counter() - t0, details)
-    return outputs
+        if found and name in ("MiG-DM cascade", *(compare[:1] if compare else ())):
+            anchors, outputs[_PROGRESSIVE_SOURCE] = found, outputs[name]
+    return outputs, anchors
+
+
+def _progressive_scores(anchors: list[AnchorVolume], final: np.ndarray, case: _Case,
+                        drf: int) -> dict[str, Any]:
+    """PSNR (body mask, range = full-dose SUVmax as in :func:`score`) of each progressive
+    output against the simulated image of its own dose level, the input, and full dose; and,
+    for comparison, of the input and of the final output against that dose level."""
+    fd, ld, mask = case.suv(1), case.suv(drf), case.body
+    peak = float(fd[mask].max())
+    rows = {}
+    for anchor in anchors:
+        level = case.suv(anchor.drf)
+        rows[str(anchor.drf)] = {
+            "timestep": anchor.timestep,
+            "psnr_vs_level_db": psnr(anchor.volume, level, mask, peak),
+            "psnr_vs_input_db": psnr(anchor.volume, ld, mask, peak),
+            "psnr_vs_full_dose_db": psnr(anchor.volume, fd, mask, peak),
+            "input_psnr_vs_level_db": psnr(ld, level, mask, peak),
+            "final_psnr_vs_level_db": psnr(final, level, mask, peak),
+        }
+    return {"seed": case.sim.seed, "anchors": rows}
 
 
 def _ablations(tests: list[_Case], opts: BenchOptions, cascade_opts: CascadeOptions
@@ -471,8 +536,9 @@ def _ablations(tests: list[_Case], opts: BenchOptions, cascade_opts: CascadeOpti
             if changes.get("prompt") == "shuffled":
                 changes["prompt"] = shuffled
             t0 = time.perf_counter()
-            volume, _ = _restore_mig_dm(case.suv(k), case.metas[k], replace(base, **changes), [],
-                                        _NullBar())
+            volume, _, _ = _restore_mig_dm(case.suv(k), case.metas[k],
+                                           replace(base, **changes), [], _NullBar(),
+                                           case.sinos[k])
             rows.setdefault(name, []).append({**score(volume, case, k),
                                               "seconds": time.perf_counter() - t0,
                                               "seed": case.sim.seed})
@@ -539,6 +605,24 @@ def render_table(results: dict[str, Any]) -> str:
         for family, variants in results["ablations"].items():
             for name, rows in variants.items():
                 lines.append(_row([family, name], rows))
+    if results.get("progressive"):
+        lines += ["", "MAP-Diff progressive outputs (`reconstruct --progressive`): PSNR (dB, body "
+                  "mask, range = full-dose SUVmax) of each 1/k-dose-equivalent output against "
+                  "the simulated 1/k-dose image, the input and full dose; then the input's and "
+                  "the final output's PSNR against that 1/k-dose image.", "",
+                  "| family | input DRF | anchor | t_k | vs 1/k dose | vs input | vs full dose | "
+                  "input vs 1/k dose | final vs 1/k dose |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for family, by_drf in results["progressive"].items():
+            for drf, cases in by_drf.items():
+                for k in cases[0]["anchors"]:
+                    rows = [c["anchors"][k] for c in cases]
+                    m = {key: _median(rows, key) for key in rows[0]}
+                    lines.append(
+                        f"| {family} | {drf} | 1/{k} | {m['timestep']:.0f} | "
+                        f"{m['psnr_vs_level_db']:.2f} | {m['psnr_vs_input_db']:.2f} | "
+                        f"{m['psnr_vs_full_dose_db']:.2f} | {m['input_psnr_vs_level_db']:.2f} | "
+                        f"{m['final_psnr_vs_level_db']:.2f} |")
     nema = results["cases"].get("nema", {})
     if nema:
         lines += ["", "NEMA IEC phantom: contrast recovery CR (background variability BV) in % "

@@ -13,6 +13,9 @@ PET Reconstruction", arXiv:2512.22237, Sec. III.C:
 5. SD2 denoises ``x_N`` to ``x_0``, conditioned on the low-dose slice and cross-attending
    to the meta-information tokens of the prompt.
 
+Optionally (MAP-Diff progressive output, ``docs/map-diff.md``) SD2's estimate of the clean
+image at each dose anchor's timestep ``t_k`` is returned as well.
+
 Intensities are in the space of :mod:`pet_recon.models.intensity` (``x = SUV / ref``).
 """
 
@@ -27,7 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from pet_recon.diffusion.samplers import ddim, ddpm
+from pet_recon.diffusion.anchors import ANCHORS_KEY, anchors_from_metadata
+from pet_recon.diffusion.samplers import SamplerStep, ddim, ddpm
 from pet_recon.diffusion.schedule import NoiseSchedule, randn_like, resample
 from pet_recon.errors import PetReconError
 from pet_recon.meta.encoder import MetaEncoder, load_meta_encoder
@@ -65,6 +69,10 @@ class Cascade:
     neighbours: int
     device: torch.device
     hashes: dict[str, str] = field(default_factory=dict)
+    #: MAP-Diff dose anchors ``{k: t_k}`` SD2 was trained with (empty without the anchor loss).
+    anchors: dict[int, int] = field(default_factory=dict)
+    #: Largest timestep SD2 was trained on.
+    sd2_max_t: int = 400
 
     @classmethod
     def load(cls, folder: Path | None, device: torch.device) -> Cascade:
@@ -87,12 +95,14 @@ class Cascade:
         srm, _ = load_model(paths["srm"], registry=registry, device=device)
         branch, _ = load_model(paths["branch"], registry=registry, device=device)
         sd1, extra = load_model(paths["sd1"], registry=registry, device=device)
-        sd2, _ = load_model(paths["sd2"], registry=registry, device=device)
+        sd2, sd2_extra = load_model(paths["sd2"], registry=registry, device=device)
         encoder, tokenizer = load_meta_encoder(paths["mi_encoder"], device=device)
         return cls(srm=srm, branch=branch, sd1=sd1, sd2=sd2, encoder=encoder,  # type: ignore[arg-type]
                    tokenizer=tokenizer, schedule=NoiseSchedule.from_config(extra["schedule"]),
                    neighbours=int(extra["neighbours"]), device=device,
-                   hashes={role: sha256_file(p) for role, p in paths.items()})
+                   hashes={role: sha256_file(p) for role, p in paths.items()},
+                   anchors=anchors_from_metadata(sd2_extra.get(ANCHORS_KEY, {})),
+                   sd2_max_t=int(sd2_extra.get("max_t", 400)))
 
     def _autocast(self) -> torch.autocast:
         """bf16 autocast, as in training (about 2x faster convolutions on a CPU)."""
@@ -114,6 +124,8 @@ class Cascade:
         use_prompt: bool = True,
         sd2_first: bool = False,
         noise: tuple[torch.Tensor, torch.Tensor] | None = None,
+        anchor_steps: Sequence[int] = (),
+        anchor_images: dict[int, torch.Tensor] | None = None,
         callback: Callable[[str, Any], None] | None = None,
         timings: dict[str, float] | None = None,
     ) -> torch.Tensor:
@@ -148,6 +160,16 @@ class Cascade:
             to ``(B, 1, H, W)`` (one plane shared by all slices keeps the sampling noise
             coherent along z); None draws both per slice from ``generator``. DDPM's
             per-step noise is always drawn per slice.
+        anchor_steps : sequence of int
+            MAP-Diff progressive output: timesteps ``t_k`` (``1..400``, SD2's training range)
+            at which SD2's estimate ``x0_hat`` of the clean image is put into
+            ``anchor_images[t_k]``, ``(B, 1, H, W)``. For ``t_k < N`` the state ``x_{t_k}``
+            is the DDIM move (Song et al. 2021, Eq. 12, eta = 0) to ``t_k`` from the sampler
+            step whose interval ``[t, t_next)`` holds ``t_k``; for ``t_k >= N`` it is SD1's
+            output re-noised to ``t_k`` with the resampling noise. Each costs one more SD2
+            evaluation; the main output is unchanged (same draws, same trajectory).
+        anchor_images : dict, optional
+            Filled with ``{t_k: x0_hat}``; required when ``anchor_steps`` is given.
         callback : callable, optional
             ``callback(stage, step_info)`` after every sampler step (``stage`` is "sd1" or
             "sd2").
@@ -163,6 +185,12 @@ class Cascade:
             raise PetReconError(f"unknown sampler {sampler!r}; choose {', '.join(SAMPLERS)}")
         if not 0 <= resample_step <= self.schedule.num_steps:
             raise PetReconError(f"--resample-step must be in 0..{self.schedule.num_steps}")
+        if anchor_steps and (anchor_images is None or sd2_first or resample_step == 0):
+            raise PetReconError("progressive output needs SD2 after SD1 (resample step > 0) "
+                                "and an anchor_images dict")
+        if any(not 1 <= t_k <= self.sd2_max_t for t_k in anchor_steps):
+            raise PetReconError(f"anchor timesteps must be in 1..{self.sd2_max_t} (SD2's "
+                                f"training range), got {sorted(anchor_steps)}")
         sample = SAMPLERS[sampler]
         clock = _Clock(timings)
         x_cond = low_dose.to(self.device, torch.float32)
@@ -201,13 +229,38 @@ class Cascade:
         clock.lap(f"{first}_s")
         if resample_step == 0:
             return x
-        x_n = resample(x, resample_step, self.schedule, generator,
-                       None if noise is None else noise[1])
+        # eps of the resampling step, drawn as resample() would draw it
+        eps_n = randn_like(x, generator) if noise is None else noise[1].to(x).expand_as(x)
+        x_n = resample(x, resample_step, self.schedule, noise=eps_n)
+        pending = sorted(anchor_steps)
+        for t_k in [t_k for t_k in pending if t_k >= resample_step]:
+            # MAP-Diff anchor at or above N: SD1's output re-noised to t_k (same eps)
+            anchor_images[t_k] = _at(second_fn, self.schedule.q_sample(x, t_k, eps_n), t_k)
+        pending = [t_k for t_k in pending if t_k < resample_step]
+
+        def on_step(info: SamplerStep) -> None:
+            for t_k in [t_k for t_k in pending if info.t >= t_k > info.t_next]:
+                if t_k == info.t:
+                    anchor_images[t_k] = info.x0_pred
+                    continue
+                # DDIM move from x_t to x_{t_k} (Song et al. Eq. 12, eta = 0), then x0_hat
+                eps_hat = self.schedule.predict_eps_from_x0(info.x_t, info.t, info.x0_pred)
+                x_k = self.schedule.q_sample(info.x0_pred, t_k, eps_hat)
+                anchor_images[t_k] = _at(second_fn, x_k, t_k)
+            if callback is not None:
+                callback(second, info)
+
         x = sample(second_fn, x_n, self.schedule, t_start=resample_step,
                    steps=min(sd2_steps, resample_step), generator=generator,
-                   callback=None if callback is None else lambda i: callback(second, i))
+                   callback=on_step if (pending or callback is not None) else None)
         clock.lap(f"{second}_s")
         return x
+
+
+def _at(model_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x_t: torch.Tensor,
+        t: int) -> torch.Tensor:
+    """``model_fn`` at the integer step ``t`` for every item of the batch."""
+    return model_fn(x_t, torch.full((x_t.shape[0],), t, dtype=torch.long, device=x_t.device))
 
 
 class _Clock:

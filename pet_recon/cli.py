@@ -98,6 +98,10 @@ def reconstruct(
         bool, typer.Option("--shared-noise/--per-slice-noise",
                            help="One noise plane for all slices (coherent along z).")
     ] = True,
+    progressive: Annotated[
+        bool, typer.Option(help="Also write a 1/k-dose-equivalent series per dose anchor "
+                                "(MAP-Diff), in OUT/progressive/drf-k/.")
+    ] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     batch_size: Annotated[int, typer.Option(min=1, max=512, help="Slices at once.")] = 8,
     weights: Annotated[
@@ -126,7 +130,7 @@ def reconstruct(
     options = CascadeOptions(sino=sino, drf=drf, steps=steps, sd2_steps=sd2_steps,
                              resample_step=resample_step, sampler=sampler, seed=seed,
                              samples=samples, shared_noise=shared_noise, device=device,
-                             batch_size=batch_size, weights=weights)
+                             batch_size=batch_size, weights=weights, progressive=progressive)
     result = run(
         in_path, out_dir, method=method, fwhm_mm=fwhm, series_uid=series_uid,
         overwrite=overwrite, report_path=report, preview_path=preview,
@@ -377,6 +381,10 @@ def bench(
     weights: Annotated[
         Path | None, typer.Option(help="Weights folder (default: shipped, $PETRECON_WEIGHTS).")
     ] = None,
+    compare_weights: Annotated[
+        Path | None, typer.Option(help="Second weights folder: its cascade is one more method "
+                                       "(e.g. SD2 with vs without the anchor loss).")
+    ] = None,
     device: Device = "cpu",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress messages.")] = False,
@@ -386,15 +394,15 @@ def bench(
 
     _setup_logging(quiet)
     opts = BenchOptions(out=out_dir, cases=cases, slices=slices, weights=weights,
-                        device=device, overwrite=overwrite,
+                        compare_weights=compare_weights, device=device, overwrite=overwrite,
                         ablations=tuple(ABLATIONS) if ablations else ())
     if family:
         opts.families = tuple(family)
     if drf:
         opts.drfs = tuple(drf)
     if smoke:
-        opts = BenchOptions(out=out_dir, weights=weights, device=device, overwrite=overwrite,
-                            **SMOKE)
+        opts = BenchOptions(out=out_dir, weights=weights, compare_weights=compare_weights,
+                            device=device, overwrite=overwrite, **SMOKE)
     result = run_benchmark(opts, progress=None if quiet else
                            lambda text: typer.echo(f"petrecon bench: {text}", err=True))
     typer.echo(result["table"])

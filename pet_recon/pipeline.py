@@ -114,6 +114,11 @@ class CascadeOptions:
         Scale the restored volume so that its mean inside the body equals the low-dose
         input's: the mean over a whole body is measured with almost no noise even at low
         dose, so the restoration must not change it (the factor is reported).
+    progressive : bool
+        MAP-Diff progressive output: also restore, for every dose anchor ``k`` of the SD2
+        weights between full dose and the input's dose (``1 < k < DRF``), SD2's estimate at
+        the anchor's timestep ``t_k`` (``docs/map-diff.md``), written as one more derived
+        series per anchor.
     """
 
     sino: Path | None = None
@@ -133,6 +138,29 @@ class CascadeOptions:
     sd2_first: bool = False
     prompt: str | None = None
     preserve_mean: bool = True
+    progressive: bool = False
+
+
+@dataclass
+class AnchorVolume:
+    """One progressive output: SD2's estimate at a dose anchor, on the input grid.
+
+    Attributes
+    ----------
+    drf : int
+        The anchor's dose reduction factor ``k`` (the image is ``1/k``-dose equivalent).
+    timestep : int
+        ``t_k``, the anchor's calibrated diffusion timestep.
+    volume : np.ndarray
+        ``(slices, rows, columns)`` float32, in the unit of the restored volume.
+    mean_preserving_factor : float
+        Factor applied so that its mean over the body equals the input's.
+    """
+
+    drf: int
+    timestep: int
+    volume: np.ndarray
+    mean_preserving_factor: float
 
 
 def resolve_device(name: str) -> torch.device:
@@ -185,9 +213,30 @@ def _model_sinograms(path: Path, n_slices: int, grid: VolumeGeometry,
     return resampled.numpy()
 
 
+def _anchor_levels(anchors: dict[int, int], drf: float | None, path: Path) -> dict[int, int]:
+    """The anchors ``{k: t_k}`` of a ``--progressive`` run: those with ``1 < k < drf``."""
+    if not anchors:
+        raise PetReconError("--progressive: the SD2 weights carry no dose anchors (trained "
+                            "without --anchor-loss)")
+    if drf is None:
+        raise PetReconError(f"{path}: --progressive needs the input's dose level; give --drf")
+    return {k: t for k, t in sorted(anchors.items()) if 1 < k < drf}
+
+
+def _body_rescale(restored: np.ndarray, reference: np.ndarray, body: np.ndarray) -> float:
+    """Scale ``restored`` in place to the mean of ``reference`` over ``body``; the factor."""
+    if not body.any() or float(restored[body].mean()) <= 0:
+        return 1.0
+    factor = float(reference[body].mean()) / float(restored[body].mean())
+    restored *= factor
+    return factor
+
+
 def _restore_mig_dm(volume_suv: np.ndarray, meta: SeriesMeta, opts: CascadeOptions,
-                    warnings: list[str], bar: tqdm) -> tuple[np.ndarray, dict[str, object]]:
-    """Run the cascade on a volume in SUV (or any linear unit); returns the same unit."""
+                    warnings: list[str], bar: tqdm, path: Path
+                    ) -> tuple[np.ndarray, dict[str, object], list[AnchorVolume]]:
+    """Run the cascade on a volume in SUV (or any linear unit); returns the same unit,
+    the report's details and the progressive outputs (empty unless ``opts.progressive``)."""
     import torch
 
     from pet_recon.cascade import Cascade, neighbour_stack
@@ -212,8 +261,16 @@ def _restore_mig_dm(volume_suv: np.ndarray, meta: SeriesMeta, opts: CascadeOptio
         source = "projected from the low-dose image (no --sino given)"
         warnings.append("no sinogram given: the sinogram branch uses the projection of the "
                         "low-dose image")
-    prompt = opts.prompt if opts.prompt is not None else render_prompt(
-        build_record(meta, drf=opts.drf))
+    record = build_record(meta, drf=opts.drf)
+    prompt = opts.prompt if opts.prompt is not None else render_prompt(record)
+    levels: dict[int, int] = {}
+    if opts.progressive:
+        drf = 1.0 / record.dose_fraction if record.dose_fraction else None
+        levels = _anchor_levels(cascade.anchors, drf, path)
+        if not levels:
+            warnings.append(f"--progressive: no dose anchor lies between full dose and the "
+                            f"input's dose (anchors {sorted(cascade.anchors)}, input DRF "
+                            f"{drf:g}); no progressive series written")
     if (problem := uptake_warning(meta)) is not None:
         warnings.append(problem)
     timings["prepare_s"] = time.perf_counter() - t0
@@ -221,6 +278,7 @@ def _restore_mig_dm(volume_suv: np.ndarray, meta: SeriesMeta, opts: CascadeOptio
     stacked = neighbour_stack(low / ref, cascade.neighbours)
     generator = torch.Generator().manual_seed(opts.seed)
     out = np.zeros_like(low)
+    anchor_out = {k: np.zeros_like(low) for k in levels}
     stage_s: dict[str, float] = {}
     for _ in range(opts.samples):
         noise = None
@@ -230,24 +288,31 @@ def _restore_mig_dm(volume_suv: np.ndarray, meta: SeriesMeta, opts: CascadeOptio
         for start in range(0, low.shape[0], opts.batch_size):
             stop = min(start + opts.batch_size, low.shape[0])
             sino = None if sinograms is None else torch.from_numpy(sinograms[start:stop, None])
+            anchor_images: dict[int, torch.Tensor] = {}
             restored = cascade.restore(
                 torch.from_numpy(stacked[start:stop]), sino, prompt, steps=opts.steps,
                 sd2_steps=opts.sd2_steps, resample_step=opts.resample_step,
                 sampler=opts.sampler, generator=generator, use_sinogram=opts.use_sinogram,
                 use_prompt=opts.use_prompt, sd2_first=opts.sd2_first, noise=noise,
+                anchor_steps=sorted(set(levels.values())), anchor_images=anchor_images,
                 timings=stage_s)
             out[start:stop] += restored[:, 0].float().cpu().numpy() * (ref / opts.samples)
+            for k, t_k in levels.items():
+                anchor_out[k][start:stop] += (anchor_images[t_k][:, 0].float().cpu().numpy()
+                                              * (ref / opts.samples))
             bar.update(stop - start)
     timings |= stage_s
     t0 = time.perf_counter()
     back = resample_volume(out, grid, meta.geometry)
     timings["resample_back_s"] = time.perf_counter() - t0
-    rescale = 1.0
-    if opts.preserve_mean:  # on the input grid, where the report measures the mean
-        body = body_mask(volume_suv, meta.geometry.spacing)
-        if body.any() and float(back[body].mean()) > 0:
-            rescale = float(volume_suv[body].mean()) / float(back[body].mean())
-            back *= rescale
+    # The mean-preserving rescale is on the input grid, where the report measures the mean.
+    body = body_mask(volume_suv, meta.geometry.spacing)
+    rescale = _body_rescale(back, volume_suv, body) if opts.preserve_mean else 1.0
+    anchors = []
+    for k, t_k in levels.items():
+        volume_k = resample_volume(anchor_out[k], grid, meta.geometry)
+        factor = _body_rescale(volume_k, volume_suv, body) if opts.preserve_mean else 1.0
+        anchors.append(AnchorVolume(k, t_k, volume_k, factor))
     info: dict[str, object] = {
         "device": str(device),
         "weights_sha256": cascade.hashes,
@@ -266,7 +331,10 @@ def _restore_mig_dm(volume_suv: np.ndarray, meta: SeriesMeta, opts: CascadeOptio
                       "sd2_first": opts.sd2_first, "prompt_replaced": opts.prompt is not None},
         "timings": timings,
     }
-    return back, info
+    if opts.progressive:
+        info["progressive"] = {"anchors": {str(k): t for k, t in sorted(cascade.anchors.items())},
+                               "written": {str(k): t for k, t in levels.items()}}
+    return back, info, anchors
 
 
 METHODS = ("mig-dm", "gaussian")
@@ -280,6 +348,24 @@ def _derivation(method: str, fwhm_mm: float, cascade: CascadeOptions) -> str:
             f"resample to step {cascade.resample_step}, SD2 {cascade.sd2_steps} steps, "
             f"seed {cascade.seed}"
             + (f", mean of {cascade.samples} samples)" if cascade.samples > 1 else ")"))
+
+
+def _write_anchor(anchor: AnchorVolume, index: int, meta: SeriesMeta, staging: Path,
+                  out_dir: Path, cascade: CascadeOptions) -> dict[str, object]:
+    """Write one progressive output as ``progressive/drf-<k>/`` of the output folder."""
+    folder = Path("progressive") / f"drf-{anchor.drf}"
+    files = write_derived_series(
+        anchor.volume, meta, staging / folder,
+        series_description=f"petrecon mig-dm 1/{anchor.drf}-dose equivalent",
+        derivation_description=(
+            _derivation("mig-dm", 0.0, cascade)
+            + f"; MAP-Diff progressive output: 1/{anchor.drf}-dose equivalent, SD2's estimate "
+            f"at the dose anchor's timestep {anchor.timestep}"),
+        series_number=(meta.source.series_number or 0) + 1000 + index,
+    )
+    return {"drf": anchor.drf, "label": f"1/{anchor.drf}-dose equivalent",
+            "timestep": anchor.timestep, "path": str(out_dir / folder), "n_files": len(files),
+            "mean_preserving_factor": anchor.mean_preserving_factor}
 
 
 def _versions() -> dict[str, str]:
@@ -379,6 +465,10 @@ def reconstruct(
     if method not in METHODS:
         raise PetReconError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     cascade = cascade or CascadeOptions()
+    if cascade.progressive and method != "mig-dm":
+        raise PetReconError("--progressive needs --method mig-dm")
+    if cascade.progressive and (cascade.resample_step == 0 or cascade.sd2_first):
+        raise PetReconError("--progressive needs SD2 to finish after SD1 (--resample-step > 0)")
     if method == "mig-dm" and cascade.sino is not None and not cascade.sino.exists():
         raise PetReconError(f"{cascade.sino}: sinogram file not found")
     check_output_dir(out_dir, overwrite)
@@ -404,6 +494,7 @@ def reconstruct(
 
     n_slices = meta.geometry.shape[0]
     details: dict[str, object] = {}
+    anchors: list[AnchorVolume] = []
     passes = cascade.samples if method == "mig-dm" else 1
     with tqdm(total=n_slices * passes + 1, desc="petrecon", unit="slice",
               disable=not progress) as bar:
@@ -414,9 +505,11 @@ def reconstruct(
             bar.update(n_slices)
         else:  # mig-dm updates the bar once per slice and sample
             per_slice = factors[:, None, None] if factors is not None else 1.0
-            restored_suv, details = _restore_mig_dm(volume * per_slice, meta, cascade,
-                                                    warnings, bar)
+            restored_suv, details, anchors = _restore_mig_dm(volume * per_slice, meta, cascade,
+                                                             warnings, bar, in_path)
             restored = (restored_suv / per_slice).astype(np.float32)
+            for anchor in anchors:
+                anchor.volume = (anchor.volume / per_slice).astype(np.float32)
         timings["restore_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -430,6 +523,8 @@ def reconstruct(
                 series_description=description[:64],
                 derivation_description=_derivation(method, fwhm_mm, cascade),
             )
+            progressive = [_write_anchor(anchor, i, meta, staging, out_dir, cascade)
+                           for i, anchor in enumerate(anchors, start=1)]
         timings["write_s"] = time.perf_counter() - t0
         bar.update()
 
@@ -460,6 +555,11 @@ def reconstruct(
             "n_files": len(files),
             **({"suv": _suv_stats(restored, factors, body)} if factors is not None else {}),
         },
+        **({"progressive": [
+            entry | ({"suv": _suv_stats(anchor.volume, factors, body)}
+                     if factors is not None else {})
+            for entry, anchor in zip(progressive, anchors, strict=True)]}
+           if cascade.progressive and method == "mig-dm" else {}),
         "timings": timings,
         "warnings": warnings,
     }

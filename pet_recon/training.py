@@ -51,6 +51,7 @@ from torch import nn
 
 from pet_recon.dataset import SliceStream
 from pet_recon.diffusion.anchors import (
+    ANCHORS_KEY,
     DEFAULT_WEIGHT,
     DEFAULT_WIDTH,
     anchor_loss,
@@ -451,9 +452,10 @@ def _sinogram_input(batch: dict[str, Any], srm: SinogramRestoration, device: tor
         return srm(s)
 
 
-#: Checkpoint metadata keys of the MAP-Diff anchors: ``{"<drf>": t_k}`` and the whole
-#: calibration (:func:`pet_recon.diffusion.anchors.calibrate_from_data`), both JSON.
-ANCHORS_KEY, ANCHOR_CALIBRATION_KEY = "anchors", "anchor_calibration"
+#: Checkpoint metadata key of the whole anchor calibration
+#: (:func:`pet_recon.diffusion.anchors.calibrate_from_data`, JSON); the anchors
+#: ``{"<drf>": t_k}`` themselves are under ``ANCHORS_KEY``.
+ANCHOR_CALIBRATION_KEY = "anchor_calibration"
 
 
 def _anchor_calibration(run: _Run, schedule: NoiseSchedule, opts: TrainOptions
@@ -553,7 +555,7 @@ def _train_sd(stage: str, opts: TrainOptions) -> dict[str, Any]:
     extra = {"schedule": schedule.config, "prediction": "x0", "neighbours": NEIGHBOURS,
              "max_t": max_t}
     if opts.anchor_loss:
-        extra["anchors"] = anchors_metadata(anchors)
+        extra[ANCHORS_KEY] = anchors_metadata(anchors)
         extra["anchor_loss"] = {"weight": opts.anchor_weight, "width": opts.anchor_width,
                                 "calibration": calibration}
     path = opts.out / f"{stage}.safetensors"

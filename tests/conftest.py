@@ -33,7 +33,8 @@ def one_thread() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Every training stage run for 2 steps on a tiny simulated set (32 x 32, 3 planes);
-    ``weights/`` holds the resulting cascade and U-Net with manifest entries."""
+    ``weights/`` holds the resulting cascade and U-Net with manifest entries. SD2 is trained
+    with the MAP-Diff anchor loss, so its weights carry dose anchors for DRF 4 and 20."""
     from pet_recon.cascade import WEIGHT_FILES
     from pet_recon.dataset import write_dataset
     from pet_recon.training import TrainOptions, train
@@ -51,7 +52,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for stage in ("srm", "mi-encoder", "sd1", "sd2", "unet"):
         opts = TrainOptions(data=data, out=root / stage, steps=2, device=cpu, batch_size=4,
                             patch=32, log_every=1, checkpoint_every=1, frozen=weights,
-                            trust_frozen=True)
+                            trust_frozen=True, anchor_loss=stage == "sd2")
         report = train(stage, opts)
         assert Path(report["weights"]).exists()
         for name in (*WEIGHT_FILES.values(), "unet.safetensors"):

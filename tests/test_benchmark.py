@@ -18,6 +18,7 @@ from pet_recon.benchmark import (
     nl_means,
     run_benchmark,
 )
+from pet_recon.cascade import Cascade
 from pet_recon.errors import PetReconError
 
 
@@ -26,13 +27,25 @@ def test_run_benchmark_tiny_writes_table_json_and_figures(runs: Path, tmp_path: 
     out = tmp_path / "bench"
     opts = BenchOptions(out=out, families=("body", "nema"), drfs=(20,), slices=4,
                         ablations=("shuffled prompt", "noise drawn per plane"),
-                        weights=runs / "weights")
+                        weights=runs / "weights", compare_weights=runs / "weights")
     result = run_benchmark(opts)
     saved = json.loads((out / "benchmark.json").read_text())
     methods = saved["cases"]["body"]["20"]
+    compared = "MiG-DM cascade, SD2 with anchor loss"  # the tiny SD2 carries anchors 4, 20
     assert set(methods) == {"low dose", "Gaussian (tuned)", "non-local means (tuned)",
                             "U-Net regression", "SD1 alone, no sinogram",
-                            "MiG-DM, projected sinogram", "MiG-DM cascade"}
+                            "MiG-DM, projected sinogram", "MiG-DM cascade", compared}
+    # same weights, same seed: the compared cascade reproduces the main one
+    assert methods[compared][0]["psnr_db"] == methods["MiG-DM cascade"][0]["psnr_db"]
+    # progressive output of the DRF-20 input at the one anchor below it, scored against the
+    # simulated 1/4-dose image (simulated because of the anchor)
+    (anchor,) = saved["progressive"]["body"]["20"]
+    scores = anchor["anchors"]["4"]
+    assert scores["timestep"] == Cascade.load(runs / "weights", torch.device("cpu")).anchors[4]
+    assert all(np.isfinite(v) for v in scores.values())
+    assert scores["input_psnr_vs_level_db"] != scores["psnr_vs_level_db"]
+    assert "MAP-Diff progressive outputs" in result["table"]
+    assert "| body | 20 | 1/4 |" in result["table"]
     low = methods["low dose"][0]
     assert low["seed"] == 9 and low["mean_suv_change"] == 0.0 and np.isfinite(low["psnr_db"])
     assert set(saved["ablations"]["body"]) == {"shuffled prompt", "noise drawn per plane"}

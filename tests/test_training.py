@@ -4,10 +4,13 @@ the resulting weights restores slices (tiny models, CPU)."""
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 import torch
 
@@ -156,3 +159,92 @@ def test_reconstruct_mig_dm_other_matrix_comes_back_on_input_grid(
     assert report["parameters"]["model_grid"]["matrix"] == 32
     body_in = report["input"]["suv"]["suv_mean_body"]
     assert abs(report["output"]["suv"]["suv_mean_body"] / body_in - 1) < 0.02
+
+
+def test_cascade_anchor_estimates_leave_main_output_unchanged(runs: Path) -> None:
+    """Progressive output: one SD2 estimate per anchor step, below and above N; an anchor on
+    the sampler's grid is the sampler's own x0_hat there; the main output does not move."""
+    cascade = Cascade.load(runs / "weights", CPU)
+    low = torch.from_numpy(neighbour_stack(torch.rand(2, 32, 32).numpy(), cascade.neighbours))
+    kwargs = {"steps": 2, "sd2_steps": 2, "resample_step": 50}
+    plain = cascade.restore(low, None, "PET FDG.", **kwargs,
+                            generator=torch.Generator().manual_seed(3))
+    seen: dict[int, torch.Tensor] = {}
+    images: dict[int, torch.Tensor] = {}
+    out = cascade.restore(low, None, "PET FDG.", **kwargs, anchor_steps=[25, 18, 80],
+                          anchor_images=images, generator=torch.Generator().manual_seed(3),
+                          callback=lambda stage, info: seen.setdefault(info.t, info.x0_pred)
+                          if stage == "sd2" else None)
+    torch.testing.assert_close(out, plain, rtol=0, atol=0)
+    assert sorted(images) == [18, 25, 80]
+    assert all(v.shape == (2, 1, 32, 32) and torch.isfinite(v).all() for v in images.values())
+    torch.testing.assert_close(images[25], seen[25])  # SD2's grid from 50 in 2 steps: 50, 25
+    assert not torch.allclose(images[18], images[25])
+
+
+def test_cascade_anchor_steps_out_of_range_are_refused(runs: Path) -> None:
+    cascade = Cascade.load(runs / "weights", CPU)
+    low = torch.from_numpy(neighbour_stack(torch.rand(1, 32, 32).numpy(), cascade.neighbours))
+    with pytest.raises(PetReconError, match="anchor timesteps must be in 1..400"):
+        cascade.restore(low, None, "PET FDG.", steps=1, sd2_steps=1, anchor_steps=[500],
+                        anchor_images={})
+    with pytest.raises(PetReconError, match="needs SD2 after SD1"):
+        cascade.restore(low, None, "PET FDG.", steps=1, resample_step=0, anchor_steps=[20],
+                        anchor_images={})
+
+
+@pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy (dicom3tools) not installed")
+def test_reconstruct_progressive_writes_one_conformant_series_per_anchor(
+        runs: Path, tmp_path: Path) -> None:
+    from pet_recon.io.series import read_series
+    from pet_recon.physics.simulate import simulate_case, write_case
+    from pet_recon.pipeline import CascadeOptions, reconstruct
+
+    cascade = Cascade.load(runs / "weights", CPU)
+    assert sorted(cascade.anchors) == [4, 20]  # the tiny SD2 was trained with the anchor loss
+    case = simulate_case("nema", 3, matrix=32, slices=3, drfs=(20,), device=CPU)
+    write_case(case, tmp_path / "case")
+    options = CascadeOptions(drf=20, steps=2, sd2_steps=2, weights=runs / "weights",
+                             device="cpu", progressive=True)
+    report = reconstruct(tmp_path / "case" / "ld_drf20", tmp_path / "out", method="mig-dm",
+                         cascade=options, progress=False)
+    (entry,) = report["progressive"]  # anchors 1 < k < 20: only k = 4
+    assert entry["drf"] == 4 and entry["timestep"] == cascade.anchors[4]
+    folder = tmp_path / "out" / "progressive" / "drf-4"
+    assert entry["path"] == str(folder) and entry["n_files"] == 3
+    anchor, meta = read_series(folder)
+    with pytest.raises(PetReconError, match="2 PET series found; choose one with --series-uid"):
+        read_series(tmp_path / "out")
+    main_uid = pydicom.dcmread(tmp_path / "out" / "IM_0001.dcm").SeriesInstanceUID
+    main, main_meta = read_series(tmp_path / "out", series_uid=main_uid)
+    assert anchor.shape == main.shape and not np.array_equal(anchor, main)
+    assert meta.source.series_instance_uid != main_meta.source.series_instance_uid
+    assert meta.source.series_number == main_meta.source.series_number + 1
+    header = meta.headers[0]
+    assert header.SeriesDescription == "petrecon mig-dm 1/4-dose equivalent"
+    assert "MAP-Diff progressive output" in header.DerivationDescription
+    body_in = report["input"]["suv"]["suv_mean_body"]
+    assert abs(entry["suv"]["suv_mean_body"] / body_in - 1) < 0.02  # SUV-consistent
+    errors = []
+    for path in sorted(folder.iterdir()):
+        check = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True,
+                               check=False)
+        errors += [line for line in (check.stdout + check.stderr).splitlines()
+                   if line.startswith("Error")]
+    assert errors == []
+
+
+def test_reconstruct_progressive_needs_anchors_and_dose_level(runs: Path, tmp_path: Path) -> None:
+    from pet_recon.pipeline import CascadeOptions, _anchor_levels, reconstruct
+
+    with pytest.raises(PetReconError, match="carry no dose anchors"):
+        _anchor_levels({}, 20.0, tmp_path)
+    with pytest.raises(PetReconError, match="needs the input's dose level; give --drf"):
+        _anchor_levels({4: 18}, None, tmp_path)
+    assert _anchor_levels({4: 18, 10: 33, 20: 50}, 20.0, tmp_path) == {4: 18, 10: 33}
+    with pytest.raises(PetReconError, match="--progressive needs --method mig-dm"):
+        reconstruct(tmp_path, tmp_path / "out", method="gaussian",
+                    cascade=CascadeOptions(progressive=True), progress=False)
+    with pytest.raises(PetReconError, match="--resample-step > 0"):
+        reconstruct(tmp_path, tmp_path / "out", method="mig-dm",
+                    cascade=CascadeOptions(progressive=True, resample_step=0), progress=False)

@@ -45,6 +45,10 @@ from safetensors import safe_open
 from pet_recon.diffusion.schedule import NoiseSchedule
 from pet_recon.errors import PetReconError
 
+#: Key of the calibrated anchors ``{"k": t_k}`` in the weights' ``extra`` metadata and
+#: in training checkpoints.
+ANCHORS_KEY = "anchors"
+
 #: Default width (timesteps) of the Gaussian anchor weight: about half the inter-quartile
 #: range of the per-slice matched steps of the lower anchors on the training data (7 and 14
 #: steps for DRF 4 and 10) and below the spacing of neighbouring anchors (15 to 31 steps);
