@@ -16,6 +16,12 @@ PET Reconstruction", arXiv:2512.22237, Sec. III.C:
 Optionally (MAP-Diff progressive output, ``docs/map-diff.md``) SD2's estimate of the clean
 image at each dose anchor's timestep ``t_k`` is returned as well.
 
+With an MR of the slices (M2Diff, Pain et al., arXiv:2603.09075; ``docs/anatomy.md``) and
+weights that hold the anatomy-guided SD2 (``sd2-anatomy.safetensors`` and
+``anatomy-branch.safetensors``, :data:`ANATOMY_FILES`), step 5 is done by that U-Net instead,
+with the MR branch's features (:class:`~pet_recon.models.anatomy.AnatomyBranch`) added to its
+guided encoder stages.
+
 Intensities are in the space of :mod:`pet_recon.models.intensity` (``x = SUV / ref``).
 """
 
@@ -36,6 +42,7 @@ from pet_recon.diffusion.schedule import NoiseSchedule, randn_like, resample
 from pet_recon.errors import PetReconError
 from pet_recon.meta.encoder import MetaEncoder, load_meta_encoder
 from pet_recon.meta.tokenizer import Tokenizer
+from pet_recon.models.anatomy import AnatomyBranch
 from pet_recon.models.sinogram import (
     SinogramBranch,
     SinogramRestoration,
@@ -53,6 +60,31 @@ WEIGHT_FILES = {
     "sd2": "sd2.safetensors",
     "mi_encoder": "mi-encoder.safetensors",
 }
+#: Weights of the anatomy-guided SD2 (``petrecon train anatomy``), loaded when both exist.
+ANATOMY_FILES = {"unet": "sd2-anatomy.safetensors", "branch": "anatomy-branch.safetensors"}
+
+
+@dataclass
+class AnatomyGuidance:
+    """The anatomy-guided SD2: a U-Net like SD2 and the MR branch that feeds it.
+
+    Attributes
+    ----------
+    unet : UNet
+        SD2's U-Net fine-tuned with the branch's ``stage_features``.
+    branch : AnatomyBranch
+        The MR branch.
+    hashes : dict
+        ``{file name: SHA-256}`` of :data:`ANATOMY_FILES`.
+    extra : dict
+        The training record ``extra["anatomy"]`` of the U-Net's weights: ``modality``,
+        ``mr_normalisation``, ``aux_weight``, ``tissue_classes``, ...
+    """
+
+    unet: UNet
+    branch: AnatomyBranch
+    hashes: dict[str, str]
+    extra: dict[str, Any]
 
 
 @dataclass
@@ -73,10 +105,15 @@ class Cascade:
     anchors: dict[int, int] = field(default_factory=dict)
     #: Largest timestep SD2 was trained on.
     sd2_max_t: int = 400
+    #: The anatomy-guided SD2, when the weights folder holds it.
+    anatomy: AnatomyGuidance | None = None
 
     @classmethod
     def load(cls, folder: Path | None, device: torch.device) -> Cascade:
         """Load and verify (SHA-256 against ``manifest.json``) the cascade's weights.
+
+        The anatomy-guided SD2 (:data:`ANATOMY_FILES`) is loaded, and verified in the same
+        way, when both of its files are in the folder; the PET-only SD2 is kept beside it.
 
         Parameters
         ----------
@@ -91,7 +128,8 @@ class Cascade:
         if missing:
             raise PetReconError(f"{folder}: weights missing: {', '.join(missing)}")
         registry: dict[str, Any] = {"SinogramRestoration": SinogramRestoration,
-                                    "SinogramBranch": SinogramBranch, "UNet": UNet}
+                                    "SinogramBranch": SinogramBranch, "UNet": UNet,
+                                    "AnatomyBranch": AnatomyBranch}
         srm, _ = load_model(paths["srm"], registry=registry, device=device)
         branch, _ = load_model(paths["branch"], registry=registry, device=device)
         sd1, extra = load_model(paths["sd1"], registry=registry, device=device)
@@ -102,7 +140,8 @@ class Cascade:
                    neighbours=int(extra["neighbours"]), device=device,
                    hashes={role: sha256_file(p) for role, p in paths.items()},
                    anchors=anchors_from_metadata(sd2_extra.get(ANCHORS_KEY, {})),
-                   sd2_max_t=int(sd2_extra.get("max_t", 400)))
+                   sd2_max_t=int(sd2_extra.get("max_t", 400)),
+                   anatomy=_load_anatomy(folder, registry, int(extra["neighbours"]), device))
 
     def _autocast(self) -> torch.autocast:
         """bf16 autocast, as in training (about 2x faster convolutions on a CPU)."""
@@ -126,6 +165,7 @@ class Cascade:
         noise: tuple[torch.Tensor, torch.Tensor] | None = None,
         anchor_steps: Sequence[int] = (),
         anchor_images: dict[int, torch.Tensor] | None = None,
+        anatomy: torch.Tensor | None = None,
         callback: Callable[[str, Any], None] | None = None,
         timings: dict[str, float] | None = None,
     ) -> torch.Tensor:
@@ -170,11 +210,18 @@ class Cascade:
             evaluation; the main output is unchanged (same draws, same trajectory).
         anchor_images : dict, optional
             Filled with ``{t_k: x0_hat}``; required when ``anchor_steps`` is given.
+        anatomy : torch.Tensor, optional
+            ``(B, 2 * neighbours + 1, H, W)`` MR planes of the same slices on the same grid,
+            normalised by :func:`~pet_recon.models.anatomy.normalise_mr` (centre plane in
+            the middle channel). SD2's role (and its progressive estimates) is then played by
+            the anatomy-guided SD2 with the MR branch's features; None: exactly the PET-only
+            cascade. Needs weights with :data:`ANATOMY_FILES`.
         callback : callable, optional
             ``callback(stage, step_info)`` after every sampler step (``stage`` is "sd1" or
             "sd2").
         timings : dict, optional
-            Seconds spent per stage are added to ``sinogram_branch_s``, ``sd1_s``, ``sd2_s``.
+            Seconds spent per stage are added to ``sinogram_branch_s``, ``sd1_s``, ``sd2_s``
+            (and ``anatomy_branch_s`` with ``anatomy``).
 
         Returns
         -------
@@ -191,6 +238,13 @@ class Cascade:
         if any(not 1 <= t_k <= self.sd2_max_t for t_k in anchor_steps):
             raise PetReconError(f"anchor timesteps must be in 1..{self.sd2_max_t} (SD2's "
                                 f"training range), got {sorted(anchor_steps)}")
+        if anatomy is not None and self.anatomy is None:
+            raise PetReconError("anatomy given, but the weights hold no anatomy-guided SD2 ("
+                                f"{' and '.join(ANATOMY_FILES.values())}; petrecon train "
+                                "anatomy)")
+        if anatomy is not None and tuple(anatomy.shape) != tuple(low_dose.shape):
+            raise PetReconError(f"anatomy planes {tuple(anatomy.shape)} do not match the "
+                                f"low-dose planes {tuple(low_dose.shape)}")
         sample = SAMPLERS[sampler]
         clock = _Clock(timings)
         x_cond = low_dose.to(self.device, torch.float32)
@@ -203,6 +257,12 @@ class Cascade:
             with self._autocast():
                 features = self.branch(self.srm(s))
         clock.lap("sinogram_branch_s")
+        sd2, anatomy_features = self.sd2, None
+        if anatomy is not None and self.anatomy is not None:
+            sd2 = self.anatomy.unet
+            with self._autocast():
+                anatomy_features = self.anatomy.branch(anatomy.to(self.device, torch.float32))
+            clock.lap("anatomy_branch_s")
 
         def sd1_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             with self._autocast():
@@ -216,8 +276,8 @@ class Cascade:
 
         def sd2_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             with self._autocast():
-                return self.sd2(torch.cat([x_t, x_cond], 1), t, context=tokens,
-                                context_mask=mask).float()
+                return sd2(torch.cat([x_t, x_cond], 1), t, context=tokens, context_mask=mask,
+                           stage_features=anatomy_features).float()
 
         (first, first_fn), (second, second_fn) = (("sd1", sd1_fn), ("sd2", sd2_fn))[
             :: -1 if sd2_first else 1]
@@ -255,6 +315,36 @@ class Cascade:
                    callback=on_step if (pending or callback is not None) else None)
         clock.lap(f"{second}_s")
         return x
+
+
+def _load_anatomy(folder: Path, registry: dict[str, Any], neighbours: int,
+                  device: torch.device) -> AnatomyGuidance | None:
+    """The anatomy-guided SD2 of a weights folder (verified), None when it has neither file.
+
+    Raises
+    ------
+    PetReconError
+        Only one of the two files is there, a file fails verification, or the models were
+        trained with another number of neighbour planes than the cascade.
+    """
+    paths = {role: folder / name for role, name in ANATOMY_FILES.items()}
+    present = [p.name for p in paths.values() if p.exists()]
+    if not present:
+        return None
+    if len(present) < len(paths):
+        missing = [p.name for p in paths.values() if not p.exists()]
+        raise PetReconError(f"{folder}: {present[0]} without {missing[0]} (the anatomy-guided "
+                            "SD2 needs both)")
+    unet, extra = load_model(paths["unet"], registry=registry, device=device)
+    branch, _ = load_model(paths["branch"], registry=registry, device=device)
+    for path, n in ((paths["unet"], extra.get("neighbours")),
+                    (paths["branch"], branch.config["neighbours"])):
+        if n != neighbours:
+            raise PetReconError(f"{path}: trained with {n} neighbour planes, the cascade with "
+                                f"{neighbours}")
+    return AnatomyGuidance(unet=unet, branch=branch,  # type: ignore[arg-type]
+                           hashes={p.name: sha256_file(p) for p in paths.values()},
+                           extra=dict(extra.get("anatomy", {})))
 
 
 def _at(model_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x_t: torch.Tensor,

@@ -102,6 +102,15 @@ def reconstruct(
         bool, typer.Option(help="Also write a 1/k-dose-equivalent series per dose anchor "
                                 "(MAP-Diff), in OUT/progressive/drf-k/.")
     ] = False,
+    anatomy: Annotated[
+        Path | None, typer.Option(help="MR series of the patient (folder, zip): MR-guided SD2 "
+                                       "(M2Diff, docs/anatomy.md).")
+    ] = None,
+    register: Annotated[
+        bool | None, typer.Option("--register/--no-register",
+                                  help="Register the MR to the PET rigidly (default: only when "
+                                       "their frames of reference differ).")
+    ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     batch_size: Annotated[int, typer.Option(min=1, max=512, help="Slices at once.")] = 8,
     weights: Annotated[
@@ -130,7 +139,8 @@ def reconstruct(
     options = CascadeOptions(sino=sino, drf=drf, steps=steps, sd2_steps=sd2_steps,
                              resample_step=resample_step, sampler=sampler, seed=seed,
                              samples=samples, shared_noise=shared_noise, device=device,
-                             batch_size=batch_size, weights=weights, progressive=progressive)
+                             batch_size=batch_size, weights=weights, progressive=progressive,
+                             anatomy=anatomy, register=register)
     result = run(
         in_path, out_dir, method=method, fwhm_mm=fwhm, series_uid=series_uid,
         overwrite=overwrite, report_path=report, preview_path=preview,
@@ -307,7 +317,7 @@ def main() -> None:
 @app.command()
 @_user_errors
 def train(
-    stage: Annotated[str, typer.Argument(help="mi-encoder, srm, sd1, sd2 or unet.")],
+    stage: Annotated[str, typer.Argument(help="mi-encoder, srm, sd1, sd2, unet or anatomy.")],
     data: Annotated[Path, typer.Option(help="Shards folder (petrecon make-dataset).")],
     out_dir: Annotated[Path, typer.Option("--out", help="Run folder (checkpoints, weights).")],
     steps: Annotated[int, typer.Option(min=1)] = 2000,
@@ -315,7 +325,7 @@ def train(
     lr: Annotated[float, typer.Option(min=0.0)] = 2e-4,
     seed: Annotated[int, typer.Option(min=0)] = 0,
     frozen: Annotated[
-        Path | None, typer.Option(help="Folder with earlier stages (srm / mi-encoder).")
+        Path | None, typer.Option(help="Folder with earlier stages (srm / mi-encoder / sd2).")
     ] = None,
     trust_frozen: Annotated[
         bool, typer.Option(help="Use --frozen weights not listed in a manifest (own runs).")
@@ -332,6 +342,13 @@ def train(
     anchor_width: Annotated[
         float, typer.Option(min=0.1, help="Width in timesteps of the anchor weighting.")
     ] = 10.0,
+    aux_weight: Annotated[
+        float, typer.Option(min=0.0, help="anatomy: weight of the tissue segmentation loss.")
+    ] = 0.1,
+    family: Annotated[
+        list[str] | None, typer.Option(help="anatomy: phantom family of the shards to use; "
+                                            "repeat for several (default brain).")
+    ] = None,
 ) -> None:
     """Train one stage of the MiG-DM cascade (or the U-Net baseline) on simulated shards."""
     from pet_recon.training import STAGES, TrainOptions
@@ -343,7 +360,8 @@ def train(
     report = run(stage, TrainOptions(
         data=data, out=out_dir, steps=steps, device=_device(device), batch_size=batch_size,
         lr=lr, seed=seed, frozen=frozen, trust_frozen=trust_frozen, resume=resume, bf16=bf16,
-        anchor_loss=anchor_loss, anchor_weight=anchor_weight, anchor_width=anchor_width))
+        anchor_loss=anchor_loss, anchor_weight=anchor_weight, anchor_width=anchor_width,
+        aux_weight=aux_weight, families=tuple(family or ("brain",))))
     typer.echo(json.dumps({k: report[k] for k in ("stage", "seconds", "weights", "metrics")}))
 
 

@@ -27,6 +27,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from pet_recon.meta.prompt import build_record, render_prompt
+from pet_recon.models.anatomy import normalise_mr
 from pet_recon.models.intensity import reference_value
 from pet_recon.physics.simulate import SimulatedCase, series_meta
 
@@ -105,13 +106,17 @@ class SliceStream(torch.utils.data.IterableDataset):
     ``(1, ny, nx)``, ``sino_ld`` and ``sino_fd`` ``(1, views, bins)`` prompts scaled to the
     full-dose level (``sino_ld * k``), ``drf`` (float), ``ref`` (the case's intensity
     reference at that dose level, :func:`pet_recon.models.intensity.reference_value`, SUV),
-    plus ``prompt`` (str) and ``case_id``; with ``with_levels`` also ``levels``.
+    plus ``prompt`` (str) and ``case_id``; with ``with_levels`` also ``levels``; with
+    ``with_anatomy`` also ``anatomy`` and ``labels``.
 
     Parameters
     ----------
     root : Path
         Folder with ``train/``, ``val/``, ``test/`` shard folders.
     split : {"train", "val", "test"}
+    families : tuple of str, optional
+        Phantom families to read (shards named ``<family>-<seed>.safetensors``, e.g.
+        ``("brain",)``); default every shard of the split.
     drfs : tuple of int, optional
         Dose levels to draw from (default: every level in each shard).
     neighbours : int
@@ -129,22 +134,37 @@ class SliceStream(torch.utils.data.IterableDataset):
         shard's volumes (no copy; convert with ``.float()``). The MAP-Diff anchor images
         (:mod:`pet_recon.diffusion.anchors`). Off by default: items and the shuffling
         order are the same with it on or off.
+    with_anatomy : bool
+        Add the anatomical input of the MR-guided SD2 (:mod:`pet_recon.models.anatomy`):
+        ``anatomy`` ``(2 * neighbours + 1, ny, nx)`` float32, the MR planes (neighbours as
+        for ``ld``) divided by the case's :func:`~pet_recon.models.anatomy.normalise_mr`
+        scale, and ``labels`` ``(ny, nx)`` int64, the phantom label ids of the plane. Shards
+        without ``mr`` and ``labels`` are skipped. Off by default: items and the shuffling
+        order are the same with it on or off.
     """
 
-    def __init__(self, root: Path, split: str, *, drfs: tuple[int, ...] | None = None,
-                 neighbours: int = 1, seed: int = 0, shuffle: bool = True,
-                 cases_in_flight: int = 8, with_levels: bool = False) -> None:
+    def __init__(self, root: Path, split: str, *, families: tuple[str, ...] | None = None,
+                 drfs: tuple[int, ...] | None = None, neighbours: int = 1, seed: int = 0,
+                 shuffle: bool = True, cases_in_flight: int = 8, with_levels: bool = False,
+                 with_anatomy: bool = False) -> None:
         super().__init__()
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-        self.files = sorted(p for p in (Path(root) / split).glob("*.safetensors")
-                            if not p.name.startswith("."))  # skip partial writes
+        patterns = [f"{family}-*.safetensors" for family in families] if families else [
+            "*.safetensors"]
+        folder = Path(root) / split
+        self.files = sorted({p for pattern in patterns for p in folder.glob(pattern)
+                             if not p.name.startswith(".")  # skip partial writes
+                             and (not with_anatomy or _has_anatomy(p))})
         if not self.files:
-            raise FileNotFoundError(f"{Path(root) / split}: no shards (*.safetensors)")
+            raise FileNotFoundError(
+                f"{folder}: no shards ({', '.join(patterns)}"
+                + (", with mr and labels)" if with_anatomy else ")"))
         self.drfs, self.neighbours = drfs, neighbours
         self.seed, self.shuffle, self.epoch = seed, shuffle, 0
         self.cases_in_flight = max(1, cases_in_flight) if shuffle else 1
         self.with_levels = with_levels
+        self.with_anatomy = with_anatomy
 
     def set_epoch(self, epoch: int) -> None:
         """Change the shuffling order for the next pass."""
@@ -175,8 +195,12 @@ class SliceStream(torch.utils.data.IterableDataset):
                       for k in drfs}
             every_level = ({k: levels[k][0] if k in levels else f.get_tensor(f"ld_drf{k}")
                             for k in record["drfs"]} if self.with_levels else {})
+            labels = f.get_tensor("labels") if self.with_anatomy else None
         spacing = (record["pixel_mm"], record["pixel_mm"], record["plane_mm"])
         refs = {k: reference_value(levels[k][0].float().numpy(), spacing) for k in drfs}
+        if self.with_anatomy:
+            mr, _ = normalise_mr(fixed["mr"].float().numpy(), spacing)
+            anatomy = torch.from_numpy(mr)
         planes = list(range(fixed["fd"].shape[0]))
         if self.shuffle:
             rng.shuffle(planes)
@@ -200,7 +224,16 @@ class SliceStream(torch.utils.data.IterableDataset):
             }
             if self.with_levels:
                 item["levels"] = {k: volume[p : p + 1] for k, volume in every_level.items()}
+            if self.with_anatomy:
+                item["anatomy"] = anatomy[idx]
+                item["labels"] = labels[p].long()
             yield item
+
+
+def _has_anatomy(path: Path) -> bool:
+    """Whether a shard holds the ``mr`` and ``labels`` volumes."""
+    with safe_open(str(path), framework="np") as f:
+        return {"mr", "labels"} <= set(f.keys())
 
 
 def write_dataset(

@@ -38,6 +38,8 @@ from pet_recon.physics.geometry import SinogramGeometry
 if TYPE_CHECKING:
     import torch
 
+    from pet_recon.cascade import Cascade
+
 log = logging.getLogger(__name__)
 
 FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
@@ -119,6 +121,15 @@ class CascadeOptions:
         weights between full dose and the input's dose (``1 < k < DRF``), SD2's estimate at
         the anchor's timestep ``t_k`` (``docs/map-diff.md``), written as one more derived
         series per anchor.
+    anatomy : Path or None
+        Folder, zip or file with an MR series of the patient (``docs/anatomy.md``): brought
+        onto the PET grid (:func:`pet_recon.io.anatomy.prepare_anatomy`), then onto the
+        model's grid like the PET, normalised (:func:`pet_recon.models.anatomy.normalise_mr`)
+        and given to the anatomy-guided SD2 (M2Diff), which then replaces SD2. Needs weights
+        with the anatomy files (``petrecon train anatomy``).
+    register : bool or None
+        With ``anatomy``: rigid registration of the MR to the PET; None (default) only when
+        their frames of reference differ, True always, False never.
     """
 
     sino: Path | None = None
@@ -139,6 +150,8 @@ class CascadeOptions:
     prompt: str | None = None
     preserve_mean: bool = True
     progressive: bool = False
+    anatomy: Path | None = None
+    register: bool | None = None
 
 
 @dataclass
@@ -223,6 +236,49 @@ def _anchor_levels(anchors: dict[int, int], drf: float | None, path: Path) -> di
     return {k: t for k, t in sorted(anchors.items()) if 1 < k < drf}
 
 
+def _anatomy_planes(opts: CascadeOptions, cascade: Cascade, volume: np.ndarray,
+                    meta: SeriesMeta, grid: VolumeGeometry, warnings: list[str]
+                    ) -> tuple[np.ndarray, dict[str, object]]:
+    """The MR of ``opts.anatomy`` as the anatomy-guided SD2's input, and its report entry.
+
+    The MR is read, registered when needed and resampled onto the PET grid
+    (:func:`~pet_recon.io.anatomy.prepare_anatomy`, with the PET ``volume`` on ``meta``'s grid
+    as the fixed image), moved to the model's ``grid`` by the same resampling as the PET,
+    normalised (:func:`~pet_recon.models.anatomy.normalise_mr`) and neighbour-stacked.
+
+    Returns
+    -------
+    planes : np.ndarray
+        ``(slices, 2 * neighbours + 1, matrix, matrix)`` float32 normalised MR.
+    entry : dict
+        ``prepare_anatomy``'s report, the normalisation's ``scale`` (MR units) and the
+        anatomy weights used (``weights_sha256``: file name -> SHA-256).
+    """
+    from pet_recon.cascade import ANATOMY_FILES, neighbour_stack
+    from pet_recon.io.anatomy import prepare_anatomy
+    from pet_recon.models.anatomy import MR_PERCENTILE, normalise_mr
+    from pet_recon.weights import weights_dir
+
+    if cascade.anatomy is None:
+        raise PetReconError(f"{opts.weights or weights_dir()}: --anatomy needs the anatomy-guided "
+                            f"SD2 ({' and '.join(ANATOMY_FILES.values())}; petrecon train "
+                            "anatomy), which these weights do not have")
+    anatomy, report = prepare_anatomy(opts.anatomy, volume, meta, register=opts.register)
+    trained_on = cascade.anatomy.extra.get("modality", "MR")
+    if report["modality"] != trained_on:
+        raise PetReconError(f"{opts.anatomy}: a {report['modality']} series; the anatomy "
+                            f"weights were trained on {trained_on}")
+    warnings.extend(f"anatomy: {text}" for text in report["warnings"])
+    on_grid = resample_volume(anatomy, meta.geometry, grid, default=report["outside_value"])
+    try:
+        normalised, scale = normalise_mr(on_grid, grid.spacing)
+    except ValueError as exc:
+        raise PetReconError(f"{opts.anatomy}: {exc}") from None
+    entry = {**report, "normalisation": {"scale": scale, "percentile": MR_PERCENTILE},
+             "weights_sha256": cascade.anatomy.hashes}
+    return neighbour_stack(normalised, cascade.neighbours), entry
+
+
 def _body_rescale(restored: np.ndarray, reference: np.ndarray, body: np.ndarray) -> float:
     """Scale ``restored`` in place to the mean of ``reference`` over ``body``; the factor."""
     if not body.any() or float(restored[body].mean()) <= 0:
@@ -274,6 +330,11 @@ def _restore_mig_dm(volume_suv: np.ndarray, meta: SeriesMeta, opts: CascadeOptio
     if (problem := uptake_warning(meta)) is not None:
         warnings.append(problem)
     timings["prepare_s"] = time.perf_counter() - t0
+    anatomy, anatomy_entry = None, None
+    if opts.anatomy is not None:
+        t0 = time.perf_counter()
+        anatomy, anatomy_entry = _anatomy_planes(opts, cascade, volume_suv, meta, grid, warnings)
+        timings["anatomy_s"] = time.perf_counter() - t0
 
     stacked = neighbour_stack(low / ref, cascade.neighbours)
     generator = torch.Generator().manual_seed(opts.seed)
@@ -289,13 +350,14 @@ def _restore_mig_dm(volume_suv: np.ndarray, meta: SeriesMeta, opts: CascadeOptio
             stop = min(start + opts.batch_size, low.shape[0])
             sino = None if sinograms is None else torch.from_numpy(sinograms[start:stop, None])
             anchor_images: dict[int, torch.Tensor] = {}
+            planes = None if anatomy is None else torch.from_numpy(anatomy[start:stop])
             restored = cascade.restore(
                 torch.from_numpy(stacked[start:stop]), sino, prompt, steps=opts.steps,
                 sd2_steps=opts.sd2_steps, resample_step=opts.resample_step,
                 sampler=opts.sampler, generator=generator, use_sinogram=opts.use_sinogram,
                 use_prompt=opts.use_prompt, sd2_first=opts.sd2_first, noise=noise,
                 anchor_steps=sorted(set(levels.values())), anchor_images=anchor_images,
-                timings=stage_s)
+                anatomy=planes, timings=stage_s)
             out[start:stop] += restored[:, 0].float().cpu().numpy() * (ref / opts.samples)
             for k, t_k in levels.items():
                 anchor_out[k][start:stop] += (anchor_images[t_k][:, 0].float().cpu().numpy()
@@ -331,6 +393,8 @@ def _restore_mig_dm(volume_suv: np.ndarray, meta: SeriesMeta, opts: CascadeOptio
                       "sd2_first": opts.sd2_first, "prompt_replaced": opts.prompt is not None},
         "timings": timings,
     }
+    if anatomy_entry is not None:
+        info["anatomy"] = anatomy_entry
     if opts.progressive:
         info["progressive"] = {"anchors": {str(k): t for k, t in sorted(cascade.anchors.items())},
                                "written": {str(k): t for k, t in levels.items()}}
@@ -344,8 +408,9 @@ def _derivation(method: str, fwhm_mm: float, cascade: CascadeOptions) -> str:
     text = f"petrecon {pet_recon.__version__}: low-dose PET restoration, method {method}"
     if method == "gaussian":
         return text + f", 3D Gaussian FWHM {fwhm_mm:g} mm"
+    sd2 = "MR-guided SD2 (M2Diff)" if cascade.anatomy is not None else "SD2"
     return (text + f" (SRM, sinogram adapter, SD1 {cascade.steps} {cascade.sampler} steps, "
-            f"resample to step {cascade.resample_step}, SD2 {cascade.sd2_steps} steps, "
+            f"resample to step {cascade.resample_step}, {sd2} {cascade.sd2_steps} steps, "
             f"seed {cascade.seed}"
             + (f", mean of {cascade.samples} samples)" if cascade.samples > 1 else ")"))
 
@@ -467,6 +532,8 @@ def reconstruct(
     cascade = cascade or CascadeOptions()
     if cascade.progressive and method != "mig-dm":
         raise PetReconError("--progressive needs --method mig-dm")
+    if cascade.anatomy is not None and method != "mig-dm":
+        raise PetReconError("--anatomy needs --method mig-dm")
     if cascade.progressive and (cascade.resample_step == 0 or cascade.sd2_first):
         raise PetReconError("--progressive needs SD2 to finish after SD1 (--resample-step > 0)")
     if method == "mig-dm" and cascade.sino is not None and not cascade.sino.exists():

@@ -11,6 +11,11 @@ Stages (Geng et al., arXiv:2512.22237, Sec. III; training order of its "critical
 - ``sd2``: the diffusion U-Net conditioned on the low-dose slice that cross-attends to the
   frozen meta-information encoder's prompt tokens; trained on timesteps up to
   :data:`SD2_MAX_T` because it only ever starts from SD1's output re-noised to step N.
+- ``anatomy``: the MR-guided SD2 (M2Diff, Pain et al., arXiv:2603.09075;
+  :mod:`pet_recon.models.anatomy`): SD2's U-Net, initialised from the trained
+  ``sd2.safetensors``, fine-tuned like SD2 together with an MR branch whose features are
+  added to its guided encoder stages, plus ``aux_weight`` times the cross-entropy of the
+  branch's tissue segmentation (multi-task); on the shards of ``families`` (brain).
 - ``unet``: not part of the cascade; the supervised baseline of the benchmark, the same
   U-Net without timestep or noisy input, regressing the full-dose slice from the low-dose
   planes with the same loss, patches and optimiser.
@@ -38,8 +43,8 @@ import logging
 import math
 import random
 import time
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +75,15 @@ from pet_recon.meta.encoder import (
     save_meta_encoder,
 )
 from pet_recon.meta.tokenizer import Tokenizer
+from pet_recon.models.anatomy import (
+    LABEL_TO_TISSUE,
+    MR_PERCENTILE,
+    OTHER_TISSUE,
+    TISSUE_CLASSES,
+    AnatomyBranch,
+    tissue_classes,
+)
+from pet_recon.models.anatomy import MODALITY as ANATOMY_MODALITY
 from pet_recon.models.sinogram import (
     SinogramBranch,
     SinogramRestoration,
@@ -79,11 +93,12 @@ from pet_recon.models.sinogram import (
     project_image,
 )
 from pet_recon.models.unet import UNet
+from pet_recon.physics.phantoms import Label
 from pet_recon.weights import load_model, save_model, sha256_file
 
 log = logging.getLogger(__name__)
 
-STAGES = ("mi-encoder", "srm", "sd1", "sd2", "unet")
+STAGES = ("mi-encoder", "srm", "sd1", "sd2", "unet", "anatomy")
 #: SD2 is trained on timesteps 1..SD2_MAX_T (it starts from step N <= 400).
 SD2_MAX_T = 400
 #: Probability that SD1 sees the projection of the low-dose image instead of the measured
@@ -130,6 +145,12 @@ class TrainOptions:
         counts as much as the full-dose target).
     anchor_width : float
         Width in timesteps of the Gaussian weight ``exp(-(t - t_k)^2 / (2 width^2))``.
+    aux_weight : float
+        ``anatomy`` only: weight of the auxiliary tissue segmentation's cross-entropy added
+        to the diffusion loss (petrecon's choice, ``docs/anatomy.md``).
+    families : tuple of str
+        ``anatomy`` only: phantom families whose shards are used (shard names
+        ``<family>-<seed>.safetensors``, shards with ``mr`` and ``labels``).
     """
 
     data: Path
@@ -150,6 +171,8 @@ class TrainOptions:
     anchor_loss: bool = False
     anchor_weight: float = DEFAULT_WEIGHT
     anchor_width: float = DEFAULT_WIDTH
+    aux_weight: float = 0.1
+    families: tuple[str, ...] = ("brain",)
 
 
 class EMA:
@@ -424,10 +447,11 @@ def _validate_srm(model: nn.Module, opts: TrainOptions, batches: int = 16) -> di
             "poisson_loss_low_dose": float(np.mean(identity)), "batches": len(restored)}
 
 
-class SD1(nn.Module):
-    """SD1 with its sinogram branch: the U-Net and SinoA + CDSM trained together."""
+class GuidedUNet(nn.Module):
+    """A U-Net trained together with the branch that gives its ``stage_features``: SD1 with
+    its sinogram branch (SinoA + CDSM), or the anatomy-guided SD2 with its MR branch."""
 
-    def __init__(self, unet: UNet, branch: SinogramBranch) -> None:
+    def __init__(self, unet: UNet, branch: nn.Module) -> None:
         super().__init__()
         self.unet, self.branch = unet, branch
 
@@ -492,33 +516,157 @@ def _anchor_calibration(run: _Run, schedule: NoiseSchedule, opts: TrainOptions
     return anchors, calibration
 
 
+#: ``predict(module, batch, x, t, oy, ox)`` of a diffusion stage (see :class:`_Diffusion`).
+Predict = Callable[[Any, dict[str, Any], torch.Tensor, torch.Tensor, int, int],
+                   tuple[torch.Tensor, torch.Tensor | None]]
+
+
+@dataclass
+class _Diffusion:
+    """What tells the diffusion stages (SD1, SD2, the anatomy-guided SD2) apart in
+    :func:`_train_sd`.
+
+    Attributes
+    ----------
+    module : nn.Module
+        The trained module (its EMA is saved).
+    predict : Predict
+        Called under autocast with the trained module, the batch, the U-Net input
+        ``x = cat([x_t, low-dose planes])`` ``(B, 2 + 2 * NEIGHBOURS, patch, patch)`` of the
+        patch whose top-left corner is ``(oy, ox)`` in the slice, and the timesteps ``t``
+        ``(B,)``; returns ``x0_hat`` ``(B, 1, patch, patch)`` and the stage's weighted
+        auxiliary loss (a scalar, or None).
+    save : callable
+        ``save(ema_module, extra)`` writes the weights files with the metadata ``extra``
+        and returns the main one.
+    extra : dict
+        Stage-specific metadata added to the weights' ``extra``.
+    """
+
+    module: nn.Module
+    predict: Predict
+    save: Callable[[Any, dict[str, Any]], Path]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _sd1(opts: TrainOptions, first: dict[str, Any], rng: random.Random) -> _Diffusion:
+    """SD1 and its sinogram branch, guided by the frozen SRM's restored sinogram."""
+    srm_path = _frozen_path(opts, "srm.safetensors")
+    srm = load_srm(srm_path, opts.device, _trusted_hash(srm_path, opts))
+    unet = _sd_unet(None)
+    branch = SinogramBranch(stage_channels=unet.stage_channels, image_size=first["ld"].shape[-1],
+                            n_views=first["sino_ld"].shape[-2], n_bins=first["sino_ld"].shape[-1])
+
+    def predict(module: GuidedUNet, batch: dict[str, Any], x: torch.Tensor, t: torch.Tensor,
+                oy: int, ox: int) -> tuple[torch.Tensor, None]:
+        features = module.branch(_sinogram_input(batch, srm, opts.device, rng))
+        features = crop_stage_features(features, oy, ox, opts.patch)
+        return module.unet(x, t, stage_features=features), None
+
+    def save(module: GuidedUNet, extra: dict[str, Any]) -> Path:
+        path = save_model(module.unet, opts.out / "sd1.safetensors", extra=extra)
+        save_model(module.branch, opts.out / "sinogram-branch.safetensors")
+        return path
+
+    return _Diffusion(GuidedUNet(unet, branch), predict, save)
+
+
+def _frozen_meta_encoder(opts: TrainOptions) -> tuple[MetaEncoder, Tokenizer]:
+    """The frozen meta-information encoder of ``--frozen`` and its tokenizer."""
+    encoder_path = _frozen_path(opts, "mi-encoder.safetensors")
+    encoder, tokenizer = load_meta_encoder(
+        encoder_path, device=opts.device, expected_sha256=_trusted_hash(encoder_path, opts))
+    for p in encoder.parameters():
+        p.requires_grad_(False)
+    return encoder, tokenizer
+
+
+def _sd2(opts: TrainOptions, first: dict[str, Any], rng: random.Random) -> _Diffusion:
+    """SD2, cross-attending to the frozen encoder's prompt tokens (blank at random)."""
+    encoder, tokenizer = _frozen_meta_encoder(opts)
+
+    def predict(module: UNet, batch: dict[str, Any], x: torch.Tensor, t: torch.Tensor,
+                oy: int, ox: int) -> tuple[torch.Tensor, None]:
+        context, mask = _prompt_tokens(encoder, tokenizer, batch["prompt"], opts.device, rng,
+                                       BLANK_PROMPT_P)
+        return module(x, t, context=context, context_mask=mask), None
+
+    def save(module: UNet, extra: dict[str, Any]) -> Path:
+        return save_model(module, opts.out / "sd2.safetensors", extra=extra)
+
+    return _Diffusion(_sd_unet(encoder.config["width"]), predict, save)
+
+
+def _sd2_anatomy(opts: TrainOptions, first: dict[str, Any], rng: random.Random) -> _Diffusion:
+    """The anatomy-guided SD2 (M2Diff): SD2's U-Net, initialised from ``--frozen``'s
+    ``sd2.safetensors``, trained with a new :class:`AnatomyBranch` whose features are added
+    to its guided encoder stages, plus ``aux_weight`` times the cross-entropy of the
+    branch's tissue segmentation (whole slice) against the phantom's labels."""
+    encoder, tokenizer = _frozen_meta_encoder(opts)
+    sd2_path = _frozen_path(opts, "sd2.safetensors")
+    unet, sd2_extra = load_model(sd2_path, registry={"UNet": UNet},
+                                 expected_sha256=_trusted_hash(sd2_path, opts), device=opts.device)
+    if sd2_extra.get("neighbours") != NEIGHBOURS or sd2_extra.get("max_t") != SD2_MAX_T:
+        raise PetReconError(f"{sd2_path}: not an SD2 of this cascade (neighbours "
+                            f"{sd2_extra.get('neighbours')}, max_t {sd2_extra.get('max_t')}; "
+                            f"expected {NEIGHBOURS} and {SD2_MAX_T})")
+    branch = AnatomyBranch(unet.stage_channels, neighbours=NEIGHBOURS)
+
+    def predict(module: GuidedUNet, batch: dict[str, Any], x: torch.Tensor, t: torch.Tensor,
+                oy: int, ox: int) -> tuple[torch.Tensor, torch.Tensor]:
+        context, mask = _prompt_tokens(encoder, tokenizer, batch["prompt"], opts.device, rng,
+                                       BLANK_PROMPT_P)
+        encoded = module.branch.encode(batch["anatomy"].to(opts.device))
+        features = module.branch.fuse(crop_stage_features(encoded, oy, ox, opts.patch))
+        segmentation = nn.functional.cross_entropy(
+            module.branch.segment(encoded).float(),
+            tissue_classes(batch["labels"].to(opts.device)))
+        pred = module.unet(x, t, context=context, context_mask=mask, stage_features=features)
+        return pred, opts.aux_weight * segmentation
+
+    def save(module: GuidedUNet, extra: dict[str, Any]) -> Path:
+        path = save_model(module.unet, opts.out / "sd2-anatomy.safetensors", extra=extra)
+        save_model(module.branch, opts.out / "anatomy-branch.safetensors", extra=extra)
+        return path
+
+    extra = {"anatomy": {
+        "modality": ANATOMY_MODALITY,
+        "families": list(opts.families),
+        "mr_normalisation": {"function": "pet_recon.models.anatomy.normalise_mr",
+                             "percentile": MR_PERCENTILE,
+                             "region": "pet_recon.metrics.body_mask of the MR"},
+        "aux_weight": opts.aux_weight,
+        "tissue_classes": list(TISSUE_CLASSES),
+        "label_to_tissue": {Label(k).name: v for k, v in LABEL_TO_TISSUE.items()},
+        "other_labels": TISSUE_CLASSES[OTHER_TISSUE],
+        "initialised_from": {"file": sd2_path.name, "sha256": sha256_file(sd2_path)},
+    }}
+    return _Diffusion(GuidedUNet(unet.train(), branch), predict, save, extra)
+
+
+#: The diffusion stages of :func:`_train_sd`.
+DIFFUSION_STAGES = {"sd1": _sd1, "sd2": _sd2, "anatomy": _sd2_anatomy}
+
+
 def _train_sd(stage: str, opts: TrainOptions) -> dict[str, Any]:
+    """Train a diffusion stage (:data:`DIFFUSION_STAGES`): x0-prediction on random patches,
+    SD1 on t in 1..T, SD2 and the anatomy-guided SD2 on t in 1..:data:`SD2_MAX_T`."""
     schedule = NoiseSchedule.linear()
     rng = random.Random(opts.seed)
     torch.manual_seed(opts.seed)
-    stream = SliceStream(opts.data, "train", neighbours=NEIGHBOURS, seed=opts.seed,
-                         with_levels=opts.anchor_loss)
+    anatomy = stage == "anatomy"
+    try:
+        stream = SliceStream(opts.data, "train", neighbours=NEIGHBOURS, seed=opts.seed,
+                             with_levels=opts.anchor_loss,
+                             families=opts.families if anatomy else None, with_anatomy=anatomy)
+    except FileNotFoundError as exc:
+        raise PetReconError(str(exc)) from None
     batches = _batches(stream, opts.batch_size)
     first = next(batches)
     size = first["ld"].shape[-1]
-    if stage == "sd1":
-        srm_path = _frozen_path(opts, "srm.safetensors")
-        srm = load_srm(srm_path, opts.device, _trusted_hash(srm_path, opts))
-        unet = _sd_unet(None)
-        branch = SinogramBranch(stage_channels=unet.stage_channels, image_size=size,
-                                n_views=first["sino_ld"].shape[-2],
-                                n_bins=first["sino_ld"].shape[-1])
-        module: nn.Module = SD1(unet, branch)
-        max_t = schedule.num_steps
-    else:
-        encoder_path = _frozen_path(opts, "mi-encoder.safetensors")
-        encoder, tokenizer = load_meta_encoder(
-            encoder_path, device=opts.device, expected_sha256=_trusted_hash(encoder_path, opts))
-        for p in encoder.parameters():
-            p.requires_grad_(False)
-        module = _sd_unet(encoder.config["width"])
-        max_t = SD2_MAX_T
-    run = _Run(stage, module, opts)
+    diffusion = DIFFUSION_STAGES[stage](opts, first, rng)
+    max_t = schedule.num_steps if stage == "sd1" else SD2_MAX_T
+    run = _Run(stage, diffusion.module, opts)
     if opts.anchor_loss:
         anchors, calibration = _anchor_calibration(run, schedule, opts)
     batch = first
@@ -534,16 +682,11 @@ def _train_sd(stage: str, opts: TrainOptions) -> dict[str, Any]:
         t = torch.randint(1, max_t + 1, (x0.shape[0],), device=opts.device)
         x_t = schedule.q_sample(x0, t, torch.randn_like(x0))
         with _autocast(opts.device, opts.bf16):
-            if stage == "sd1":
-                features = run.module.branch(_sinogram_input(batch, srm, opts.device, rng))
-                features = crop_stage_features(features, oy, ox, opts.patch)
-                pred = run.module.unet(torch.cat([x_t, cond], 1), t, stage_features=features)
-            else:
-                context, mask = _prompt_tokens(encoder, tokenizer, batch["prompt"], opts.device,
-                                               rng, BLANK_PROMPT_P)
-                pred = run.module(torch.cat([x_t, cond], 1), t, context=context,
-                                  context_mask=mask)
+            pred, auxiliary = diffusion.predict(run.module, batch, torch.cat([x_t, cond], 1), t,
+                                                oy, ox)
         loss = nn.functional.mse_loss(pred.float(), x0)
+        if auxiliary is not None:
+            loss = loss + auxiliary
         if opts.anchor_loss:
             # MAP-Diff: + lambda * L_anchor; the anchors x_k of item b are its case's levels
             # 1 < k < d_b, in the intensity space of x0 (SUV / ref) and cropped like it.
@@ -553,17 +696,12 @@ def _train_sd(stage: str, opts: TrainOptions) -> dict[str, Any]:
                 pred.float(), images / ref[:, None], drfs, t, anchors, opts.anchor_width)
         run.step(step, loss)
     extra = {"schedule": schedule.config, "prediction": "x0", "neighbours": NEIGHBOURS,
-             "max_t": max_t}
+             "max_t": max_t, **diffusion.extra}
     if opts.anchor_loss:
         extra[ANCHORS_KEY] = anchors_metadata(anchors)
         extra["anchor_loss"] = {"weight": opts.anchor_weight, "width": opts.anchor_width,
                                 "calibration": calibration}
-    path = opts.out / f"{stage}.safetensors"
-    if stage == "sd1":
-        save_model(run.ema.model.unet, path, extra=extra)
-        save_model(run.ema.model.branch, opts.out / "sinogram-branch.safetensors")
-    else:
-        save_model(run.ema.model, path, extra=extra)
+    path = diffusion.save(run.ema.model, extra)
     if opts.anchor_loss:
         return {"weights": str(path), "metrics": {}, "anchors": anchors_metadata(anchors)}
     return {"weights": str(path), "metrics": {}}
@@ -640,7 +778,7 @@ def train(stage: str, opts: TrainOptions) -> dict[str, Any]:
         raise PetReconError(f"{opts.data}: no train/ shards (run petrecon make-dataset)")
     t0 = time.perf_counter()
     trainers = {"mi-encoder": _train_mi_encoder, "srm": _train_srm,
-                "sd1": lambda o: _train_sd("sd1", o), "sd2": lambda o: _train_sd("sd2", o),
+                **{name: lambda o, name=name: _train_sd(name, o) for name in DIFFUSION_STAGES},
                 "unet": _train_unet}
     result = trainers[stage](opts)
     report = {
@@ -659,24 +797,34 @@ def validate_cascade(folder: Path, data: Path, device: torch.device, *, slices: 
                      seed: int = 0) -> dict[str, float]:
     """PSNR (dB, against full dose, whole slice, range = full-dose max) of the low-dose
     input, SD1 alone and the whole cascade on ``slices`` validation slices, with the
-    weights in ``folder`` (verified against its manifest)."""
+    weights in ``folder`` (verified against its manifest); when the folder holds the
+    anatomy-guided SD2, also of the cascade with it (``psnr_db_cascade_anatomy``, the
+    slices' MR as anatomy, its own generator seeded with ``seed``)."""
     from pet_recon.cascade import Cascade
     from pet_recon.metrics import psnr
 
     cascade = Cascade.load(folder, device)
+    guided = cascade.anatomy is not None
     stream = SliceStream(data, "val", neighbours=cascade.neighbours, seed=seed,
-                         cases_in_flight=16)
+                         cases_in_flight=16, with_anatomy=guided)
     items = [item for _, item in zip(range(slices), stream, strict=False)]
     scores: dict[str, list[float]] = {"low_dose": [], "sd1": [], "cascade": []}
     generator = torch.Generator().manual_seed(seed)
+    anatomy_generator = torch.Generator().manual_seed(seed)
+    if guided:
+        scores["cascade_anatomy"] = []
     for start in range(0, len(items), 8):
         batch = _collate(items[start:start + 8])
         ref = batch["ref"][:, None, None, None]
         low = batch["ld"] / ref
-        for name, n in (("sd1", 0), ("cascade", resample_step)):
+        passes = [("sd1", 0, None, generator), ("cascade", resample_step, None, generator)]
+        if guided:
+            passes.append(("cascade_anatomy", resample_step, batch["anatomy"],
+                           anatomy_generator))
+        for name, n, anatomy, gen in passes:
             out = cascade.restore(low, batch["sino_ld"], batch["prompt"],
                                   steps=steps, sd2_steps=sd2_steps, resample_step=n,
-                                  generator=generator) * ref.to(device)
+                                  generator=gen, anatomy=anatomy) * ref.to(device)
             for i in range(out.shape[0]):
                 fd = batch["fd"][i, 0].numpy()
                 scores[name].append(psnr(out[i, 0].float().cpu().numpy(), fd))
@@ -690,18 +838,20 @@ def validate_cascade(folder: Path, data: Path, device: torch.device, *, slices: 
 
 PUBLISHED = {"srm": ("srm.safetensors",), "mi-encoder": ("mi-encoder.safetensors",),
              "sd1": ("sd1.safetensors", "sinogram-branch.safetensors"),
-             "sd2": ("sd2.safetensors",), "unet": ("unet.safetensors",)}
-#: Published when its run exists: the benchmark's supervised baseline, not a cascade stage.
-OPTIONAL_STAGES = ("unet",)
+             "sd2": ("sd2.safetensors",), "unet": ("unet.safetensors",),
+             "anatomy": ("sd2-anatomy.safetensors", "anatomy-branch.safetensors")}
+#: Published when their runs exist: the benchmark's supervised baseline (not a cascade
+#: stage) and the anatomy-guided SD2 (used only with an MR).
+OPTIONAL_STAGES = ("unet", "anatomy")
 
 
 def publish(runs: Path, weights: Path, data: Path, device: torch.device) -> dict[str, Any]:
     """Copy the weights of the four runs ``runs/<stage>/`` (and of the ``unet`` baseline
-    where it was trained) into ``weights`` and list them in its ``manifest.json`` (SHA-256,
-    config, training report, validation metrics).
+    and the ``anatomy``-guided SD2 where they were trained) into ``weights`` and list them
+    in its ``manifest.json`` (SHA-256, config, training report, validation metrics).
 
     The cascade is validated on the data's validation split with the copied weights; its
-    PSNRs are recorded for SD1, the sinogram branch and SD2.
+    PSNRs are recorded for SD1, the sinogram branch, SD2 and the anatomy-guided SD2.
     """
     import shutil
 

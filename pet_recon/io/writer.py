@@ -9,7 +9,9 @@ Two entry points share one code path:
   Reference Time, Decay Factor) is the same as in the source and any viewer computes the same
   SUV scale as for the input.
 - :func:`write_new_series` writes a volume that has no source files (the simulator) as an
-  ORIGINAL series, building the same modules from the typed fields of :class:`SeriesMeta`.
+  ORIGINAL series, building the same modules from the typed fields of :class:`SeriesMeta`;
+  with ``meta.modality == "MR"`` it writes an MR Image series (PS3.3 A.4) instead, the
+  simulated anatomical image that ``petrecon reconstruct --anatomy`` reads.
 
 In both cases a missing attribute that the PET Image IOD requires is filled from the typed
 metadata (the reader's interpretation, so the reader computes the same SUV from the output)
@@ -45,6 +47,7 @@ from pydicom.sr.coding import Code
 from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
     ExplicitVRLittleEndian,
+    MRImageStorage,
     PositronEmissionTomographyImageStorage,
     generate_uid,
 )
@@ -148,6 +151,9 @@ _ORIENTATION_CODES: dict[str, tuple[Code, Code, Code]] = {
     "FFDL": (codes.SCT.Recumbent, codes.SCT.LeftLateralDecubitus, codes.SCT.FeetFirst),
 }
 
+#: SOP Class UID and name of the IODs written, by Modality (0008,0060).
+_IODS = {"PT": (PositronEmissionTomographyImageStorage, "PET"), "MR": (MRImageStorage, "MR")}
+
 _GE_CREATOR = "GEMS_PETD_01"
 _PHILIPS_CREATOR = "Philips PET Private Group"
 
@@ -171,6 +177,7 @@ class _SeriesPlan:
     patient_id: str
     patient_position: str
     created: datetime
+    modality: str = "PT"
 
 
 def write_derived_series(
@@ -281,7 +288,8 @@ def write_new_series(
     series_number: int | None = None,
     image_type_extra: str = "",
 ) -> list[Path]:
-    """Write ``volume`` as an ORIGINAL PET series built only from the typed fields of ``meta``.
+    """Write ``volume`` as an ORIGINAL PET (or MR) series built only from the typed fields of
+    ``meta``.
 
     For volumes without source files (the simulator). Patient (C.7.1.1), General Study
     (C.7.2.1), Patient Study (C.7.2.2), General Equipment (C.7.5.1), PET Series (C.8.9.1),
@@ -294,10 +302,17 @@ def write_new_series(
     Contributing Equipment item (C.12.1) names petrecon as DCM 109100 "Synthesizing
     Equipment".
 
+    With ``meta.modality == "MR"`` the series is an MR Image Storage series (PS3.3 A.4): the
+    same Patient, General Study, General Series, Frame of Reference, General Equipment, Image
+    Plane and Image Pixel modules, Patient Position (0018,5100) as such (Type 2C for MR), and
+    the MR Image module (C.8.3.1) of a simulated image: Scanning Sequence ``RM`` (research
+    mode), Sequence Variant ``NONE``, MR Acquisition Type ``3D``, and empty (unknown) Type 2
+    sequence timings; no PET modules.
+
     Parameters
     ----------
     volume : numpy.ndarray
-        Values in ``meta.units``, shape ``meta.geometry.shape``.
+        Values in ``meta.units`` (arbitrary units for MR), shape ``meta.geometry.shape``.
     meta : SeriesMeta
         Typed metadata of the series; ``meta.headers`` is ignored.
     out_dir : pathlib.Path
@@ -314,7 +329,7 @@ def write_new_series(
     series_number : int, optional
         Series Number (0020,0011); default ``meta.source.series_number`` or 1.
     image_type_extra : str
-        Value 3 of Image Type (0008,0008); empty for none.
+        Value 3 of Image Type (0008,0008); empty for none (MR needs one, e.g. ``OTHER``).
 
     Returns
     -------
@@ -327,13 +342,15 @@ def write_new_series(
         If ``out_dir`` is not empty or a text is too long.
     ValueError
         If ``volume`` does not match ``meta``, holds non-finite values, ``meta.modality`` is
-        not PT or ``meta.units`` is unknown.
+        not PT or MR, or ``meta.units`` of a PET series is unknown.
     """
     n_slices = _check_volume(volume, meta)
     _check_text(series_description, "series description", _LO_MAX)
     _check_text(patient_id, "patient ID", _LO_MAX)
-    if meta.modality != "PT":
-        raise ValueError(f"write_new_series writes PET series, not modality {meta.modality}")
+    if meta.modality not in _IODS:
+        raise ValueError(f"write_new_series writes PET or MR series, not modality "
+                         f"{meta.modality}")
+    pet = meta.modality == "PT"
     uids = meta.source.sop_instance_uids
     plan = _SeriesPlan(
         derived=False,
@@ -347,14 +364,15 @@ def write_new_series(
         ),
         series_description=series_description,
         derivation_description=None,
-        units=_written_units(None, meta, meta.acquisition.units),
-        keep_philips_factors=True,
+        units=_written_units(None, meta, meta.acquisition.units) if pet else "",
+        keep_philips_factors=pet,
         image_type=("ORIGINAL", "PRIMARY", *([image_type_extra] if image_type_extra else [])),
         contribution=codes.DCM.SynthesizingEquipment,
         patient_name=patient_name,
         patient_id=patient_id,
         patient_position=patient_position or "",
         created=datetime.now(),
+        modality=meta.modality,
     )
     return _write_series(volume, meta, Path(out_dir), plan)
 
@@ -416,7 +434,10 @@ def _write_series(
     paths = []
     for k in range(n_slices):
         ds = _copy_source_header(meta.headers[k]) if plan.derived else _new_header(meta, plan)
-        _complete_modules(ds, meta, k, n_slices, plan.created)
+        if plan.modality == "MR":
+            _complete_mr_modules(ds, meta, plan.created)
+        else:
+            _complete_modules(ds, meta, k, n_slices, plan.created)
         _set_instance(ds, meta, k, plan)
         _set_pixels(ds, volume[k])
         path = out_dir / f"IM_{k + 1:0{width}d}.dcm"
@@ -533,32 +554,11 @@ def _complete_modules(
     Number of Time Slices/Slots/R-R Intervals), which are set for it.
     """
     acq = meta.acquisition
-    patient = meta.patient
     series_dt = acq.series_datetime or min(
         (t for t in acq.acquisition_datetimes if t is not None), default=None
     )
     acq_dt = _at(acq.acquisition_datetimes, k)
-
-    # Patient (C.7.1.1)
-    _default(ds, "PatientName", "")
-    _default(ds, "PatientID", "")
-    _default(ds, "PatientBirthDate", "")
-    _default(ds, "PatientSex", patient.sex or "")
-
-    # General Study (C.7.2.1)
-    _default(ds, "StudyInstanceUID", meta.source.study_instance_uid)
-    _default(ds, "StudyDate", _da(series_dt))
-    _default(ds, "StudyTime", _tm(series_dt))
-    _default(ds, "ReferringPhysicianName", "")
-    _default(ds, "StudyID", "")
-    _default(ds, "AccessionNumber", "")
-
-    # General Series (C.7.3.1), Frame of Reference (C.7.4.1), General Equipment (C.7.5.1)
-    _default(ds, "Modality", "PT")
-    if not {"Laterality", "ImageLaterality", "BodyPartExamined"} & set(ds.dir()):
-        ds.Laterality = ""  # Type 2C: the body part, so whether it is paired, is unknown
-    _default(ds, "PositionReferenceIndicator", "")
-    _default(ds, "Manufacturer", acq.manufacturer or "")
+    _complete_common_modules(ds, meta, "PT", series_dt)
 
     # PET Series (C.8.9.1)
     # Type 1: without series or acquisition times, the study's, else the time of writing
@@ -607,6 +607,60 @@ def _complete_modules(
     if thickness is None:
         thickness = meta.geometry.spacing[2]
     _default(ds, "SliceThickness", format_number_as_ds(float(thickness)))
+
+
+def _complete_common_modules(
+    ds: Dataset, meta: SeriesMeta, modality: str, series_dt: datetime | None
+) -> None:
+    """Patient (C.7.1.1), General Study (C.7.2.1), General Series (C.7.3.1), Frame of
+    Reference (C.7.4.1) and General Equipment (C.7.5.1) attributes that ``ds`` lacks, shared
+    by the PET and MR Image IODs; ``series_dt`` dates the study."""
+    # Patient (C.7.1.1)
+    _default(ds, "PatientName", "")
+    _default(ds, "PatientID", "")
+    _default(ds, "PatientBirthDate", "")
+    _default(ds, "PatientSex", meta.patient.sex or "")
+
+    # General Study (C.7.2.1)
+    _default(ds, "StudyInstanceUID", meta.source.study_instance_uid)
+    _default(ds, "StudyDate", _da(series_dt))
+    _default(ds, "StudyTime", _tm(series_dt))
+    _default(ds, "ReferringPhysicianName", "")
+    _default(ds, "StudyID", "")
+    _default(ds, "AccessionNumber", "")
+
+    # General Series (C.7.3.1), Frame of Reference (C.7.4.1), General Equipment (C.7.5.1)
+    _default(ds, "Modality", modality)
+    if not {"Laterality", "ImageLaterality", "BodyPartExamined"} & set(ds.dir()):
+        ds.Laterality = ""  # Type 2C: the body part, so whether it is paired, is unknown
+    _default(ds, "PositionReferenceIndicator", "")
+    _default(ds, "Manufacturer", meta.acquisition.manufacturer or "")
+
+
+def _complete_mr_modules(ds: Dataset, meta: SeriesMeta, created: datetime) -> None:
+    """The MR Image IOD (PS3.3 A.4) attributes of a simulated slice, besides those of
+    :func:`_set_instance` and :func:`_set_pixels`.
+
+    The shared modules (:func:`_complete_common_modules`), Patient Position (0018,5100)
+    (General Series, Type 2C for MR), series date and time, and the MR Image module
+    (C.8.3.1): Scanning Sequence ``RM`` (research mode: a simulated image), Sequence Variant
+    ``NONE``, MR Acquisition Type ``3D``, and the Type 2 timings (Scan Options, Repetition
+    Time, Echo Time, Echo Train Length) empty, as they are unknown.
+    """
+    acq = meta.acquisition
+    _complete_common_modules(ds, meta, "MR", acq.series_datetime)
+    _default(ds, "PatientPosition", "")
+    _default(ds, "SeriesDate", _da(acq.series_datetime) or _da(created))
+    _default(ds, "SeriesTime", _tm(acq.series_datetime) or _tm(created))
+    ds.ScanningSequence = "RM"
+    ds.SequenceVariant = "NONE"
+    ds.ScanOptions = ""
+    ds.MRAcquisitionType = "3D"
+    ds.RepetitionTime = ""
+    ds.EchoTime = ""
+    ds.EchoTrainLength = ""
+    thickness = acq.slice_thickness_mm or meta.geometry.spacing[2]
+    ds.SliceThickness = format_number_as_ds(float(thickness))
 
 
 def _default(ds: Dataset, keyword: str, value: object) -> None:
@@ -762,12 +816,14 @@ def _frame_timing(
 
 
 def _set_instance(ds: Dataset, meta: SeriesMeta, k: int, plan: _SeriesPlan) -> None:
-    """Identity, provenance, geometry and SUV attributes of slice ``k`` of the new series."""
+    """Identity, provenance, geometry and (PET) SUV attributes of slice ``k`` of the new
+    series."""
     geometry = meta.geometry
     created = plan.created
+    pet = plan.modality == "PT"
 
     # SOP Common (C.12.1), General Series (C.7.3.1), General Image (C.7.6.1)
-    ds.SOPClassUID = PositronEmissionTomographyImageStorage
+    ds.SOPClassUID = _IODS[plan.modality][0]
     ds.SOPInstanceUID = plan.sop_instance_uids[k]
     ds.InstanceCreationDate = _da(created)
     ds.InstanceCreationTime = _tm(created)
@@ -779,7 +835,8 @@ def _set_instance(ds: Dataset, meta: SeriesMeta, k: int, plan: _SeriesPlan) -> N
     ds.ContentDate = _da(created)
     ds.ContentTime = _tm(created)
     ds.FrameOfReferenceUID = plan.frame_of_reference_uid
-    ds.Units = plan.units
+    if pet:
+        ds.Units = plan.units
     versions = [str(v) for v in _values(ds.get("SoftwareVersions")) if str(v) != _SOFTWARE]
     ds.SoftwareVersions = [*versions, _SOFTWARE]
     _add_contributing_equipment(ds, plan)
@@ -809,7 +866,8 @@ def _add_contributing_equipment(ds: Dataset, plan: _SeriesPlan) -> None:
     item.ManufacturerModelName = "petrecon"
     item.SoftwareVersions = __version__
     item.ContributionDateTime = _dt(plan.created)
-    item.ContributionDescription = plan.derivation_description or "simulated PET series"
+    item.ContributionDescription = (plan.derivation_description
+                                    or f"simulated {_IODS[plan.modality][1]} series")
     item.PurposeOfReferenceCodeSequence = DicomSequence([_code_item(plan.contribution)])
     previous = list(ds.get("ContributingEquipmentSequence", []))
     ds.ContributingEquipmentSequence = DicomSequence([*previous, item])

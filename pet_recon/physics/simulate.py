@@ -32,14 +32,14 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 import torch
-from pydicom.uid import generate_uid
+from pydicom.uid import MRImageStorage, generate_uid
 
 import pet_recon
 from pet_recon.errors import PetReconError
@@ -455,6 +455,25 @@ def series_meta(case: SimulatedCase, drf: int, study_uid: str, for_uid: str,
     )
 
 
+def mr_series_meta(case: SimulatedCase, study_uid: str, series_number: int) -> SeriesMeta:
+    """Typed DICOM metadata of the case's MR (:attr:`Phantom.mr`, arbitrary units) as an MR
+    series of the same study.
+
+    The grid and patient are the PET's (:func:`series_meta`). The MR is an examination of its
+    own, an hour before the PET, with its own Frame of Reference UID: the phantom's MR is
+    moved by a small rigid transform (``phantom.info["mr_misregistration"]``), so
+    :func:`pet_recon.io.anatomy.prepare_anatomy` registers it to the PET by default.
+    """
+    pet = series_meta(case, 1, study_uid, generate_uid(), series_number)
+    return replace(
+        pet, modality="MR", units=None, radiopharmaceutical=Radiopharmaceutical(),
+        acquisition=AcquisitionInfo(
+            series_datetime=case.protocol.scan_start - timedelta(hours=1),
+            slice_thickness_mm=case.image.plane_mm),
+        source=replace(pet.source, sop_class_uid=MRImageStorage, modality="MR",
+                       series_description="MR T1-weighted (simulated)"))
+
+
 def _write_mha(path: Path, volume: np.ndarray, geometry: VolumeGeometry) -> None:
     sitk.WriteImage(geometry.to_sitk(volume), str(path), useCompression=True)
 
@@ -462,7 +481,8 @@ def _write_mha(path: Path, volume: np.ndarray, geometry: VolumeGeometry) -> None
 def write_case(case: SimulatedCase, out_dir: Path) -> dict[str, object]:
     """Write a simulated case into ``out_dir`` (which must be empty or absent).
 
-    Layout: ``fd/`` and ``ld_drf<k>/`` DICOM PET series; ``sino/fd.hs`` and
+    Layout: ``fd/`` and ``ld_drf<k>/`` DICOM PET series; ``mr/`` the MR as a DICOM MR
+    series in its own frame of reference (:func:`mr_series_meta`); ``sino/fd.hs`` and
     ``sino/ld_drf<k>.hs`` prompts (int16 counts when they fit, else float32) with
     ``sino/attenuation.hs``, ``sino/normalisation.hs`` and ``sino/background_fd.hs``
     (the background of dose level k is this divided by k); ``truth.mha`` (Bq/ml at full
@@ -484,6 +504,10 @@ def write_case(case: SimulatedCase, out_dir: Path) -> dict[str, object]:
                          series_description=meta.source.series_description or name,
                          patient_id=case.case_id, patient_position="HFS")
         metas[k] = meta
+    mr_meta = mr_series_meta(case, study_uid, series_number=len(metas) + 1)
+    write_new_series(case.phantom.mr, mr_meta, out_dir / "mr",
+                     series_description=mr_meta.source.series_description or "MR",
+                     patient_id=case.case_id, patient_position="HFS", image_type_extra="OTHER")
     geometry = metas[1].geometry
     sino_dir = out_dir / "sino"
     sino_dir.mkdir(exist_ok=True)

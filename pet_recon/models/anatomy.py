@@ -1,0 +1,249 @@
+"""MR branch of the anatomy-guided SD2: M2Diff-style fusion (Pain et al., arXiv:2603.09075).
+
+M2Diff restores low-dose PET with the help of an MR of the same patient: the MR and the PET
+are processed by separate, modality-specific branches whose features are fused at several
+scales (hierarchical feature fusion), and the network is trained on more than one task.
+petrecon's realisation on top of the MiG-DM cascade (``docs/anatomy.md``):
+
+- :class:`AnatomyBranch`: a small convolutional encoder of its own over the MR plane and its
+  neighbours (the same ``n`` as the PET planes), giving one feature map per guided encoder
+  stage of SD2's U-Net (:class:`~pet_recon.models.unet.UNet`, ``stage_features``: the
+  mechanism SD1's sinogram branch uses), each through a 1x1 convolution that starts at zero,
+  so at initialisation the fused U-Net is exactly the PET-only one it is fine-tuned from.
+- An auxiliary head segments the tissue classes of :data:`TISSUE_CLASSES` from the branch's
+  finest features; its cross-entropy, weighted, is added to the diffusion loss (the
+  multi-task objective).
+- :func:`normalise_mr`: the MR's intensity normalisation, the same in training and inference.
+
+The tissue classes and the weight of the auxiliary loss are petrecon's choices: the summary
+of the paper does not give them. Classes from the simulator's labels
+(:class:`~pet_recon.physics.phantoms.Label`), :data:`LABEL_TO_TISSUE`:
+
+=====  ============  ==============================================================
+class  name          phantom labels
+=====  ============  ==============================================================
+0      background    BACKGROUND
+1      csf           CSF (ventricles, sulcal and subarachnoid CSF, spinal canal)
+2      grey matter   GREY_MATTER, DEEP_GREY, CEREBELLUM (cerebellar cortex)
+3      white matter  WHITE_MATTER (cerebral and cerebellar white matter, brainstem)
+4      other         every other label: soft tissue, fat, skull, bone, organs, lesions
+=====  ============  ==============================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from pet_recon.metrics import body_mask
+from pet_recon.models.unet import GUIDED_STAGES, ResBlock, _zero
+from pet_recon.physics.phantoms import Label
+from pet_recon.weights import register_config
+
+#: Names of the auxiliary segmentation's classes; the index is the class id.
+TISSUE_CLASSES = ("background", "csf", "grey matter", "white matter", "other")
+#: Class of the labels that :data:`LABEL_TO_TISSUE` does not list (including lesions).
+OTHER_TISSUE = TISSUE_CLASSES.index("other")
+#: Phantom label id -> tissue class id; every other label is :data:`OTHER_TISSUE`.
+LABEL_TO_TISSUE: dict[int, int] = {
+    Label.BACKGROUND: 0,
+    Label.CSF: 1,
+    Label.GREY_MATTER: 2,
+    Label.DEEP_GREY: 2,
+    Label.CEREBELLUM: 2,
+    Label.WHITE_MATTER: 3,
+}
+#: The MR is divided by this percentile of its values inside the head.
+MR_PERCENTILE = 99.0
+#: Modality the branch is trained on (the simulator's T1-weighted-like MR).
+MODALITY = "MR"
+
+
+def tissue_classes(labels: torch.Tensor) -> torch.Tensor:
+    """Map phantom label ids to tissue classes (:data:`LABEL_TO_TISSUE`).
+
+    Parameters
+    ----------
+    labels : torch.Tensor
+        Integer label ids of any shape (e.g. ``(B, H, W)`` int16 from the shards), lesion ids
+        ``>= LESION_BASE`` included.
+
+    Returns
+    -------
+    torch.Tensor
+        int64 class ids in ``0 .. len(TISSUE_CLASSES) - 1``, same shape and device.
+    """
+    labels = labels.long()
+    table = torch.full((max(LABEL_TO_TISSUE) + 1,), OTHER_TISSUE, dtype=torch.long,
+                       device=labels.device)
+    for label, tissue in LABEL_TO_TISSUE.items():
+        table[label] = tissue
+    inside = (labels >= 0) & (labels < table.numel())
+    return torch.where(inside, table[labels.clamp(0, table.numel() - 1)], OTHER_TISSUE)
+
+
+def normalise_mr(volume: np.ndarray, spacing: tuple[float, float, float]
+                 ) -> tuple[np.ndarray, float]:
+    """Divide an MR volume by the :data:`MR_PERCENTILE` th percentile of its head voxels.
+
+    MR intensities are in arbitrary units that change from scanner to scanner and with the
+    receive-coil gain, so the branch sees the MR relative to a robust high value of the
+    same volume: the 99th percentile inside the head (:func:`pet_recon.metrics.body_mask`
+    of the MR: above 10 % of the 99th percentile of the volume smoothed with an 8 mm FWHM
+    Gaussian), which ignores a few bright outliers (vessels, fat, noise). White matter then
+    lies near 0.7-0.9, grey matter near 0.45-0.6, CSF near 0.2 and air near 0 (the
+    simulator's MR). Training applies it to each case's volume on the PET grid, inference to
+    the MR on the model's grid (:mod:`pet_recon.pipeline`).
+
+    Parameters
+    ----------
+    volume : np.ndarray
+        ``(slices, rows, columns)`` MR, float, arbitrary units.
+    spacing : tuple of float
+        ``(x, y, z)`` voxel spacing in mm.
+
+    Returns
+    -------
+    normalised : np.ndarray
+        float32, same shape: ``volume / scale`` (dimensionless).
+    scale : float
+        The divisor, in the MR's units.
+
+    Raises
+    ------
+    ValueError
+        The volume has no positive signal inside a head mask.
+    """
+    data = np.asarray(volume, dtype=np.float32)
+    head = body_mask(data, spacing)
+    scale = float(np.percentile(data[head], MR_PERCENTILE)) if head.any() else 0.0
+    if not scale > 0:
+        raise ValueError("the MR has no signal to normalise (no positive values in the head)")
+    return data / np.float32(scale), scale
+
+
+class AnatomyBranch(nn.Module):
+    """Modality-specific MR encoder whose features are fused into SD2's encoder stages.
+
+    A 3x3 stem over the ``2 * neighbours + 1`` MR planes, then one level per guided U-Net
+    stage: a stride-2 3x3 convolution (from the second level on) and a residual block
+    (:class:`~pet_recon.models.unet.ResBlock`, no time embedding). Level ``i`` is at
+    ``1 / 2**i`` of the slice, like stage ``i`` of :meth:`UNet.stage_shapes
+    <pet_recon.models.unet.UNet.stage_shapes>` for a U-Net of at most four levels, and like
+    the sinogram branch's outputs (:class:`~pet_recon.models.sinogram.SinogramBranch`). Each
+    level's features go through their own 1x1 convolution to the stage's channel count,
+    zero at initialisation: hierarchical fusion by addition at every guided scale (M2Diff)
+    that leaves the PET-only U-Net unchanged until trained. The segmentation head (GroupNorm,
+    SiLU, 1x1 conv) reads the finest level.
+
+    Parameters
+    ----------
+    stage_channels : sequence of int
+        Channels of each guided U-Net stage, shallowest first (``UNet.stage_channels``).
+    neighbours : int
+        MR planes on each side of the centre plane given as channels (the PET's ``n``).
+    channels : sequence of int
+        Channels of the branch's own levels, one per stage.
+    n_classes : int
+        Classes of the auxiliary segmentation (``len(TISSUE_CLASSES)``).
+    groups : int
+        GroupNorm groups; must divide every entry of ``channels``.
+
+    Notes
+    -----
+    Defaults with ``stage_channels=(32, 64, 64, 64)`` (the shipped U-Nets): 85 k parameters.
+    """
+
+    @register_config
+    def __init__(self, stage_channels: Sequence[int], neighbours: int = 1,
+                 channels: Sequence[int] = (16, 32, 32, 32),
+                 n_classes: int = len(TISSUE_CLASSES), groups: int = 8) -> None:
+        super().__init__()
+        if not 1 <= len(stage_channels) <= GUIDED_STAGES:
+            raise ValueError(f"1 to {GUIDED_STAGES} stages, got {tuple(stage_channels)}")
+        if len(channels) != len(stage_channels):
+            raise ValueError(f"channels {tuple(channels)} must have one entry per stage "
+                             f"{tuple(stage_channels)}")
+        self.stage_channels = tuple(stage_channels)
+        self.stem = nn.Conv2d(2 * neighbours + 1, channels[0], 3, padding=1)
+        self.downsamples = nn.ModuleList(nn.Conv2d(c, c, 3, stride=2, padding=1)
+                                         for c in channels[:-1])
+        self.blocks = nn.ModuleList(ResBlock(c_in, c, None, 0.0, groups)
+                                    for c_in, c in zip((channels[0], *channels[:-1]), channels,
+                                                       strict=True))
+        self.fusion = nn.ModuleList(_zero(nn.Conv2d(c, s, 1))
+                                    for c, s in zip(channels, stage_channels, strict=True))
+        self.segmentation = nn.Sequential(nn.GroupNorm(groups, channels[0]), nn.SiLU(),
+                                          nn.Conv2d(channels[0], n_classes, 1))
+
+    def encode(self, anatomy: torch.Tensor) -> list[torch.Tensor]:
+        """The branch's own features at every level.
+
+        Parameters
+        ----------
+        anatomy : torch.Tensor
+            ``(B, 2 * neighbours + 1, H, W)`` MR planes normalised by :func:`normalise_mr`
+            (centre plane in the middle channel); ``H`` and ``W`` divisible by
+            ``2 ** (stages - 1)``.
+
+        Returns
+        -------
+        list of torch.Tensor
+            ``(B, channels[i], H / 2**i, W / 2**i)`` per level, shallowest first.
+        """
+        h = self.stem(anatomy)
+        encoded = []
+        for level, block in enumerate(self.blocks):
+            if level:
+                h = self.downsamples[level - 1](h)
+            h = block(h, None)
+            encoded.append(h)
+        return encoded
+
+    def fuse(self, encoded: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Project encoded levels (whole slices or crops of them) to the U-Net's stages.
+
+        Parameters
+        ----------
+        encoded : sequence of torch.Tensor
+            :meth:`encode`'s output, or windows of it cut by
+            :func:`~pet_recon.models.sinogram.crop_stage_features` (1x1 convolutions commute
+            with cropping).
+
+        Returns
+        -------
+        list of torch.Tensor
+            ``(B, stage_channels[i], h_i, w_i)`` per stage, the ``stage_features`` of
+            :meth:`UNet.forward <pet_recon.models.unet.UNet.forward>`; zero at
+            initialisation.
+        """
+        return [conv(h) for conv, h in zip(self.fusion, encoded, strict=True)]
+
+    def segment(self, encoded: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Auxiliary tissue segmentation logits from the finest level.
+
+        Parameters
+        ----------
+        encoded : sequence of torch.Tensor
+            :meth:`encode`'s output.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, n_classes, H, W)`` logits of :data:`TISSUE_CLASSES`.
+        """
+        return self.segmentation(encoded[0])
+
+    def forward(self, anatomy: torch.Tensor) -> list[torch.Tensor]:
+        """Stage features of a batch of normalised MR planes (see :meth:`encode`).
+
+        Returns
+        -------
+        list of torch.Tensor
+            ``(B, stage_channels[i], H / 2**i, W / 2**i)`` per stage, shallowest first: the
+            output contract of :class:`~pet_recon.models.sinogram.SinogramBranch`.
+        """
+        return self.fuse(self.encode(anatomy))

@@ -1,0 +1,415 @@
+"""MR-guided SD2 (M2Diff, issue #7): the MR branch and its fusion, ``petrecon train anatomy``,
+``Cascade.restore(anatomy=...)``, ``reconstruct --anatomy`` and the MR DICOM of the simulator
+(tiny models, CPU)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+import torch
+from safetensors import safe_open
+from typer.testing import CliRunner
+
+from pet_recon.cascade import ANATOMY_FILES, Cascade, neighbour_stack
+from pet_recon.dataset import SliceStream
+from pet_recon.errors import PetReconError
+from pet_recon.models.anatomy import (
+    TISSUE_CLASSES,
+    AnatomyBranch,
+    normalise_mr,
+    tissue_classes,
+)
+from pet_recon.models.unet import UNet
+from pet_recon.physics.phantoms import LESION_BASE, Label
+from pet_recon.training import TrainOptions, train
+from pet_recon.weights import load_model, save_model, sha256_file, update_manifest
+
+CPU = torch.device("cpu")
+TINY = {"base_channels": 8, "channel_mults": (1, 2, 2, 2), "attention_levels": (2, 3),
+        "groups": 4}
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _options(runs: Path, out: Path, **kwargs: object) -> TrainOptions:
+    return TrainOptions(data=runs / "data", out=out, steps=2, device=CPU, batch_size=4,
+                        patch=32, log_every=1, checkpoint_every=1, frozen=runs / "weights",
+                        trust_frozen=True, **kwargs)
+
+
+def _extra(path: Path) -> dict[str, object]:
+    with safe_open(str(path), framework="pt") as f:
+        return json.loads(f.metadata()["extra"])
+
+
+@pytest.fixture(scope="module")
+def guided(runs: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's runs plus ``anatomy/`` (2 steps on the tiny set's body shards; it has no
+    brain shards) and ``weights/``: the session's weights with the anatomy files."""
+    root = tmp_path_factory.mktemp("guided")
+    for stage in ("srm", "mi-encoder", "sd1", "sd2"):
+        shutil.copytree(runs / stage, root / stage)
+    train("anatomy", _options(runs, root / "anatomy", families=("body",)))
+    shutil.copytree(runs / "weights", root / "weights")
+    for name in ANATOMY_FILES.values():
+        shutil.copyfile(root / "anatomy" / name, root / "weights" / name)
+        update_manifest(root / "weights" / name, name="anatomy", config={},
+                        training={"steps": 2}, metrics={})
+    return root
+
+
+@pytest.fixture(scope="module")
+def brain_case(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny simulated brain study written by ``write_case`` (PET, sinograms, MR DICOM)."""
+    from pet_recon.physics.simulate import simulate_case, write_case
+
+    case = simulate_case("brain", 5, matrix=32, slices=4, drfs=(20,), device=CPU)
+    out = tmp_path_factory.mktemp("brain") / "case"
+    write_case(case, out)
+    return out
+
+
+# ----------------------------------------------------------------------------- branch
+
+
+@pytest.mark.parametrize("neighbours", [0, 1, 2])
+def test_anatomy_branch_outputs_match_unet_stage_contract(neighbours: int) -> None:
+    unet = UNet(4, 1, **TINY)
+    branch = AnatomyBranch(unet.stage_channels, neighbours=neighbours, channels=(8, 8, 16, 16),
+                           groups=4)
+    mr = torch.randn(2, 2 * neighbours + 1, 32, 48)
+    encoded = branch.encode(mr)
+    assert [tuple(f.shape) for f in branch(mr)] == [(2, *s) for s in unet.stage_shapes(32, 48)]
+    assert [tuple(f.shape) for f in encoded] == [(2, 8, 32, 48), (2, 8, 16, 24),
+                                                 (2, 16, 8, 12), (2, 16, 4, 6)]
+    assert branch.segment(encoded).shape == (2, len(TISSUE_CLASSES), 32, 48)
+
+
+def test_anatomy_branch_default_is_small_and_config_round_trips(tmp_path: Path) -> None:
+    branch = AnatomyBranch((32, 64, 64, 64))
+    assert sum(p.numel() for p in branch.parameters()) < 100_000
+    assert branch.config == {"stage_channels": [32, 64, 64, 64], "neighbours": 1,
+                             "channels": [16, 32, 32, 32], "n_classes": 5, "groups": 8}
+    path = save_model(branch, tmp_path / "branch.safetensors")
+    loaded, _ = load_model(path, registry={"AnatomyBranch": AnatomyBranch},
+                           expected_sha256=sha256_file(path), device=CPU)
+    assert loaded.config == branch.config
+
+
+def test_anatomy_branch_mismatched_stages_refused() -> None:
+    with pytest.raises(ValueError, match="one entry per stage"):
+        AnatomyBranch((32, 64), channels=(16, 32, 32))
+    with pytest.raises(ValueError, match="1 to 4 stages"):
+        AnatomyBranch((8, 8, 8, 8, 8), channels=(8, 8, 8, 8, 8))
+
+
+def test_anatomy_branch_zero_init_fusion_equals_pet_only_unet() -> None:
+    torch.manual_seed(0)
+    unet = UNet(4, 1, context_dim=16, **TINY)
+    with torch.no_grad():  # every weight non-zero, so that the stages matter
+        for p in unet.parameters():
+            p.copy_(0.2 * torch.randn_like(p))
+    unet.eval()
+    branch = AnatomyBranch(unet.stage_channels, channels=(8, 8, 16, 16), groups=4)
+    x, t = torch.randn(2, 4, 32, 32), torch.tensor([5, 300])
+    context, mask = torch.randn(2, 6, 16), torch.ones(2, 6, dtype=torch.bool)
+    mr = torch.rand(2, 3, 32, 32)
+    plain = unet(x, t, context=context, context_mask=mask)
+    fused = unet(x, t, context=context, context_mask=mask, stage_features=branch(mr))
+    assert torch.equal(plain, fused)
+    with torch.no_grad():
+        branch.fusion[2].weight.fill_(0.05)
+    moved = unet(x, t, context=context, context_mask=mask, stage_features=branch(mr))
+    assert not torch.allclose(plain, moved)
+
+
+def test_tissue_classes_maps_phantom_labels() -> None:
+    labels = torch.tensor([Label.BACKGROUND, Label.CSF, Label.GREY_MATTER, Label.DEEP_GREY,
+                           Label.CEREBELLUM, Label.WHITE_MATTER, Label.SKULL, Label.LIVER,
+                           LESION_BASE, LESION_BASE + 7], dtype=torch.int16)
+    assert tissue_classes(labels).tolist() == [0, 1, 2, 2, 2, 3, 4, 4, 4, 4]
+    assert TISSUE_CLASSES[4] == "other"
+
+
+def test_normalise_mr_divides_by_head_percentile_and_is_scale_free() -> None:
+    rng = np.random.default_rng(0)
+    z, y, x = np.mgrid[:16, :64, :64]
+    head = (x - 32) ** 2 + (y - 32) ** 2 < 24**2
+    volume = np.where(head, rng.uniform(0.2, 1.0, head.shape), 0.01).astype(np.float32)
+    normalised, scale = normalise_mr(volume, (2.0, 2.0, 2.0))
+    assert scale == pytest.approx(np.percentile(volume[head], 99.0), rel=0.01)
+    assert normalised.dtype == np.float32
+    np.testing.assert_allclose(normalised, volume / scale, rtol=1e-6)
+    scaled, scale_3 = normalise_mr(3.0 * volume, (2.0, 2.0, 2.0))
+    np.testing.assert_allclose(scaled, normalised, rtol=1e-5)
+    assert scale_3 == pytest.approx(3.0 * scale, rel=1e-5)
+    with pytest.raises(ValueError, match="no signal"):
+        normalise_mr(np.zeros((4, 8, 8), np.float32), (1.0, 1.0, 1.0))
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def test_slice_stream_with_anatomy_adds_mr_planes_and_labels(runs: Path) -> None:
+    plain = list(SliceStream(runs / "data", "train", families=("body",), seed=2))
+    with_mr = list(SliceStream(runs / "data", "train", families=("body",), seed=2,
+                               with_anatomy=True))
+    assert len(plain) == len(with_mr) > 0
+    assert {item["case_id"].split("-")[0] for item in with_mr} == {"body"}
+    for a, b in zip(plain, with_mr, strict=True):
+        assert set(b) - set(a) == {"anatomy", "labels"}
+        torch.testing.assert_close(a["ld"], b["ld"])
+        assert b["anatomy"].shape == (3, 32, 32) and b["anatomy"].dtype == torch.float32
+        assert b["labels"].shape == (32, 32) and b["labels"].dtype == torch.int64
+        # The centre plane is the item's MR plane divided by one scale per case.
+        ratio = a["mr"][0] / b["anatomy"][1]
+        assert torch.allclose(ratio[a["mr"][0] > 0.1], ratio[a["mr"][0] > 0.1].median())
+    with pytest.raises(FileNotFoundError, match="brain-\\*.safetensors"):
+        SliceStream(runs / "data", "train", families=("brain",))
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def test_train_anatomy_writes_unet_and_branch_with_metadata(runs: Path, guided: Path) -> None:
+    out = guided / "anatomy"
+    report = json.loads((out / "anatomy.json").read_text())
+    assert report["stage"] == "anatomy" and report["weights"] == str(
+        out / "sd2-anatomy.safetensors")
+    assert report["options"]["aux_weight"] == "0.1"
+    unet_extra = _extra(out / "sd2-anatomy.safetensors")
+    assert _extra(out / "anatomy-branch.safetensors") == unet_extra
+    assert unet_extra["max_t"] == 400 and unet_extra["neighbours"] == 1
+    assert unet_extra["prediction"] == "x0" and unet_extra["schedule"]["num_steps"] == 1000
+    anatomy = unet_extra["anatomy"]
+    assert anatomy["aux_weight"] == 0.1 and anatomy["modality"] == "MR"
+    assert anatomy["tissue_classes"] == list(TISSUE_CLASSES)
+    assert anatomy["label_to_tissue"]["CEREBELLUM"] == 2
+    assert anatomy["mr_normalisation"]["percentile"] == 99.0
+    assert anatomy["families"] == ["body"]
+    assert anatomy["initialised_from"] == {
+        "file": "sd2.safetensors", "sha256": sha256_file(runs / "weights" / "sd2.safetensors")}
+    registry = {"UNet": UNet, "AnatomyBranch": AnatomyBranch}
+    unet, _ = load_model(out / "sd2-anatomy.safetensors", registry=registry,
+                         expected_sha256=sha256_file(out / "sd2-anatomy.safetensors"), device=CPU)
+    sd2, _ = load_model(runs / "weights" / "sd2.safetensors", registry=registry, device=CPU)
+    assert unet.config == sd2.config
+    branch, _ = load_model(out / "anatomy-branch.safetensors", registry=registry,
+                           expected_sha256=sha256_file(out / "anatomy-branch.safetensors"),
+                           device=CPU)
+    assert branch.config["stage_channels"] == list(unet.stage_channels)
+
+
+def test_train_anatomy_resumes_from_checkpoint(runs: Path, guided: Path, tmp_path: Path) -> None:
+    out = tmp_path / "anatomy"
+    shutil.copytree(guided / "anatomy", out)
+    train("anatomy", replace(_options(runs, out, families=("body",), aux_weight=0.5), steps=3))
+    with safe_open(str(out / "checkpoint.safetensors"), framework="pt") as f:
+        assert f.metadata()["step"] == "3"
+    assert _extra(out / "anatomy-branch.safetensors")["anatomy"]["aux_weight"] == 0.5
+
+
+def test_train_anatomy_without_brain_shards_or_sd2_is_refused(runs: Path,
+                                                               tmp_path: Path) -> None:
+    with pytest.raises(PetReconError, match="no shards \\(brain-\\*.safetensors, with mr"):
+        train("anatomy", _options(runs, tmp_path / "a"))
+    frozen = tmp_path / "frozen"
+    frozen.mkdir()
+    shutil.copyfile(runs / "weights" / "mi-encoder.safetensors",
+                    frozen / "mi-encoder.safetensors")
+    with pytest.raises(PetReconError, match="sd2.safetensors: not found"):
+        train("anatomy", replace(_options(runs, tmp_path / "b", families=("body",)),
+                                 frozen=frozen))
+
+
+def test_publish_lists_anatomy_weights(guided: Path, runs: Path) -> None:
+    from pet_recon.training import publish
+
+    result = publish(guided, guided / "published", runs / "data", CPU)
+    manifest = json.loads((guided / "published" / "manifest.json").read_text())["models"]
+    for name in ANATOMY_FILES.values():
+        assert manifest[name]["training"]["command"].startswith("petrecon train anatomy")
+        assert "psnr_db_cascade_anatomy" in manifest[name]["metrics"]
+    assert np.isfinite(result["validation"]["psnr_db_cascade_anatomy"])
+    assert "unet.safetensors" not in manifest  # optional, and not in these runs
+    assert Cascade.load(guided / "published", CPU).anatomy is not None
+
+
+# ----------------------------------------------------------------------------- cascade
+
+
+def _inputs(cascade: Cascade) -> tuple[torch.Tensor, torch.Tensor]:
+    rng = np.random.default_rng(4)
+    low = neighbour_stack(rng.random((2, 32, 32), dtype=np.float32), cascade.neighbours)
+    mr = neighbour_stack(rng.random((2, 32, 32), dtype=np.float32), cascade.neighbours)
+    return torch.from_numpy(low), torch.from_numpy(mr)
+
+
+def test_cascade_restore_without_anatomy_unchanged_by_anatomy_weights(runs: Path,
+                                                                      guided: Path) -> None:
+    pet_only = Cascade.load(runs / "weights", CPU)
+    cascade = Cascade.load(guided / "weights", CPU)
+    assert pet_only.anatomy is None and cascade.anatomy is not None
+    assert set(cascade.anatomy.hashes) == set(ANATOMY_FILES.values())
+    assert cascade.hashes == pet_only.hashes
+    low, _ = _inputs(cascade)
+    kwargs = {"steps": 2, "sd2_steps": 2, "resample_step": 50}
+    before = pet_only.restore(low, None, "PET FDG.", **kwargs,
+                              generator=torch.Generator().manual_seed(1))
+    after = cascade.restore(low, None, "PET FDG.", **kwargs,
+                            generator=torch.Generator().manual_seed(1))
+    assert torch.equal(before, after)
+
+
+def test_cascade_restore_with_anatomy_uses_guided_sd2(guided: Path) -> None:
+    cascade = Cascade.load(guided / "weights", CPU)
+    low, mr = _inputs(cascade)
+    kwargs = {"steps": 2, "sd2_steps": 2, "resample_step": 50}
+    plain = cascade.restore(low, None, "PET FDG.", **kwargs,
+                            generator=torch.Generator().manual_seed(2))
+    timings: dict[str, float] = {}
+    stages: list[str] = []
+    out = cascade.restore(low, None, "PET FDG.", **kwargs, anatomy=mr, timings=timings,
+                          callback=lambda stage, _: stages.append(stage),
+                          generator=torch.Generator().manual_seed(2))
+    assert out.shape == (2, 1, 32, 32) and torch.isfinite(out).all()
+    assert "anatomy_branch_s" in timings and stages == ["sd1", "sd1", "sd2", "sd2"]
+    # The guided U-Net with zero fusion is SD2: swapping SD2's U-Net in gives the plain output.
+    assert cascade.anatomy is not None
+    cascade.anatomy.unet = cascade.sd2
+    with torch.no_grad():
+        for conv in cascade.anatomy.branch.fusion:
+            conv.weight.zero_()
+            conv.bias.zero_()
+    zero = cascade.restore(low, None, "PET FDG.", **kwargs, anatomy=mr,
+                           generator=torch.Generator().manual_seed(2))
+    assert torch.equal(zero, plain)
+    with torch.no_grad():
+        cascade.anatomy.branch.fusion[0].weight.fill_(0.1)
+    assert not torch.allclose(cascade.restore(low, None, "PET FDG.", **kwargs, anatomy=mr,
+                                              generator=torch.Generator().manual_seed(2)),
+                              plain)
+
+
+def test_cascade_anchor_estimates_with_anatomy_leave_main_output_unchanged(
+        guided: Path) -> None:
+    cascade = Cascade.load(guided / "weights", CPU)
+    low, mr = _inputs(cascade)
+    kwargs = {"steps": 2, "sd2_steps": 2, "resample_step": 50, "anatomy": mr}
+    main = cascade.restore(low, None, "PET FDG.", **kwargs,
+                           generator=torch.Generator().manual_seed(3))
+    images: dict[int, torch.Tensor] = {}
+    out = cascade.restore(low, None, "PET FDG.", **kwargs, anchor_steps=[18, 80],
+                          anchor_images=images, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(out, main)
+    assert sorted(images) == [18, 80]
+    assert all(v.shape == (2, 1, 32, 32) and torch.isfinite(v).all() for v in images.values())
+
+
+def test_cascade_restore_anatomy_errors(runs: Path, guided: Path, tmp_path: Path) -> None:
+    pet_only = Cascade.load(runs / "weights", CPU)
+    low, mr = _inputs(pet_only)
+    with pytest.raises(PetReconError, match="no anatomy-guided SD2 \\(sd2-anatomy"):
+        pet_only.restore(low, None, "PET FDG.", steps=1, sd2_steps=1, anatomy=mr)
+    cascade = Cascade.load(guided / "weights", CPU)
+    with pytest.raises(PetReconError, match="do not match the low-dose planes"):
+        cascade.restore(low, None, "PET FDG.", steps=1, sd2_steps=1, anatomy=mr[:, :1])
+    folder = tmp_path / "w"
+    shutil.copytree(guided / "weights", folder)
+    (folder / "anatomy-branch.safetensors").unlink()
+    with pytest.raises(PetReconError, match="sd2-anatomy.safetensors without "
+                                            "anatomy-branch.safetensors"):
+        Cascade.load(folder, CPU)
+
+
+# ----------------------------------------------------------------------------- reconstruct
+
+
+def test_simulated_mr_is_an_mr_dicom_series_of_its_own_frame(brain_case: Path) -> None:
+    from pet_recon.io.anatomy import read_anatomy
+    from pet_recon.io.series import read_series
+
+    mr, meta = read_anatomy(brain_case / "mr")
+    _, pet_meta = read_series(brain_case / "ld_drf20")
+    header = pydicom.dcmread(sorted((brain_case / "mr").iterdir())[0])
+    assert header.SOPClassUID == pydicom.uid.MRImageStorage and header.Modality == "MR"
+    assert header.PatientPosition == "HFS" and header.ScanningSequence == "RM"
+    assert meta.geometry == pet_meta.geometry and mr.shape == (4, 32, 32)
+    assert meta.source.study_instance_uid == pet_meta.source.study_instance_uid
+    assert meta.source.frame_of_reference_uid != pet_meta.source.frame_of_reference_uid
+    written = sitk.GetArrayFromImage(sitk.ReadImage(str(brain_case / "mr.mha")))
+    np.testing.assert_allclose(mr, written, atol=1e-4 * float(written.max()))
+    if shutil.which("dciodvfy") is not None:
+        errors = []
+        for path in sorted((brain_case / "mr").iterdir()):
+            check = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True,
+                                   check=False)
+            errors += [line for line in (check.stdout + check.stderr).splitlines()
+                       if line.startswith("Error")]
+        assert errors == []
+
+
+def test_reconstruct_with_anatomy_end_to_end(guided: Path, brain_case: Path,
+                                             tmp_path: Path) -> None:
+    from pet_recon.io.series import read_series
+    from pet_recon.pipeline import CascadeOptions, reconstruct
+
+    options = CascadeOptions(anatomy=brain_case / "mr", drf=20, steps=2, sd2_steps=2,
+                             weights=guided / "weights", device="cpu")
+    report = reconstruct(brain_case / "ld_drf20", tmp_path / "out", method="mig-dm",
+                         cascade=options, report_path=tmp_path / "run.json", progress=False)
+    entry = report["parameters"]["anatomy"]
+    assert entry["modality"] == "MR" and entry["folder"] == str(brain_case / "mr")
+    assert entry["registered"] and entry["registration_reason"] == "frames of reference differ"
+    assert set(entry["registration"]) >= {"translation_mm", "rotation_deg", "converged"}
+    assert entry["coverage"] > 0.5 and entry["normalisation"]["scale"] > 0
+    assert entry["weights_sha256"] == {
+        name: sha256_file(guided / "weights" / name) for name in ANATOMY_FILES.values()}
+    assert "anatomy_s" in report["parameters"]["timings"]
+    assert json.loads((tmp_path / "run.json").read_text())["parameters"]["anatomy"] == entry
+    volume, meta = read_series(tmp_path / "out")
+    assert volume.shape == (4, 32, 32) and np.isfinite(volume).all()
+    assert "MR-guided SD2 (M2Diff)" in meta.headers[0].DerivationDescription
+    unregistered = reconstruct(brain_case / "ld_drf20", tmp_path / "out2", method="mig-dm",
+                               cascade=replace(options, register=False), progress=False)
+    entry = unregistered["parameters"]["anatomy"]
+    assert not entry["registered"] and entry["registration_reason"] == "registration disabled"
+    assert any("registration is disabled" in w for w in unregistered["warnings"])
+
+
+def test_reconstruct_anatomy_errors(runs: Path, guided: Path, brain_case: Path, tmp_path: Path,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from pet_recon.cli import app
+    from pet_recon.io import anatomy
+    from pet_recon.pipeline import CascadeOptions, reconstruct
+
+    options = CascadeOptions(anatomy=brain_case / "mr", drf=20, steps=1, sd2_steps=1,
+                             weights=runs / "weights", device="cpu")
+    with pytest.raises(PetReconError, match="--anatomy needs --method mig-dm"):
+        reconstruct(brain_case / "ld_drf20", tmp_path / "g", method="gaussian",
+                    cascade=options, progress=False)
+    with pytest.raises(PetReconError, match=f"^{runs / 'weights'}: --anatomy needs the "
+                                            "anatomy-guided SD2"):
+        reconstruct(brain_case / "ld_drf20", tmp_path / "m", method="mig-dm",
+                    cascade=options, progress=False)
+    assert not (tmp_path / "m").exists()
+    monkeypatch.setattr(anatomy, "prepare_anatomy", lambda path, pet, meta, **_: (
+        np.full(pet.shape, -1000.0, np.float32), {"modality": "CT", "warnings": []}))
+    with pytest.raises(PetReconError, match="mr: a CT series; the anatomy weights were "
+                                            "trained on MR"):
+        reconstruct(brain_case / "ld_drf20", tmp_path / "ct", method="mig-dm",
+                    cascade=replace(options, weights=guided / "weights"), progress=False)
+    result = CliRunner().invoke(app, [
+        "reconstruct", "--in", str(brain_case / "ld_drf20"), "--out", str(tmp_path / "c"),
+        "--method", "gaussian", "--anatomy", str(brain_case / "mr")])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        "petrecon: error: --anatomy needs --method mig-dm"]
