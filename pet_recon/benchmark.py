@@ -15,7 +15,9 @@ is scored against the full-dose image of the same case with :mod:`pet_recon.metr
 
 Ablations of the cascade run at one dose level; speed is measured per stage with the
 cascade's ratio to its compute floor (FLOPs counted by :class:`torch.utils.flop_counter`
-over a bf16 matrix-product rate measured in the same run). The output folder gets
+over a bf16 matrix-product rate measured in the same run). With ``anatomy_study`` the
+anatomy study of :mod:`pet_recon.benchmark_anatomy` runs too (issue #7: the cascade without
+and with an MR on brain cases, and two leak checks). The output folder gets
 ``benchmark.json`` (every number), ``table.md`` (the table printed last) and PNG figures.
 """
 
@@ -98,7 +100,8 @@ class BenchOptions:
     out : Path
         Output folder (written into a temporary sibling, moved into place when complete).
     families, drfs : tuple
-        Phantom families and dose reduction factors of the test set.
+        Phantom families and dose reduction factors of the test set (no family: only the
+        anatomy study).
     cases : int
         Test cases per family (seeds ``9 + 10 i``); validation uses ``cases`` seeds
         ``8 + 10 i`` for tuning.
@@ -120,6 +123,10 @@ class BenchOptions:
         Write the PNG figures.
     overwrite : bool
         Replace an existing output folder.
+    anatomy_study : bool
+        Also run the anatomy study (:mod:`pet_recon.benchmark_anatomy`: brain FDG and
+        amyloid cases at every DRF of ``drfs``, the cascade without and with the MR, and the
+        two leak checks); needs weights with the anatomy-guided SD2.
     """
 
     out: Path
@@ -134,6 +141,7 @@ class BenchOptions:
     device: str = "cpu"
     figures: bool = True
     overwrite: bool = False
+    anatomy_study: bool = False
     cascade: CascadeOptions = field(default_factory=lambda: CascadeOptions(device="cpu"))
 
 
@@ -187,8 +195,12 @@ class _Case:
 
 
 def _make_case(family: str, seed: int, drfs: tuple[int, ...], slices: int,
-               device: torch.device, tmp: Path) -> _Case:
-    sim = simulate_case(family, seed, slices=slices, drfs=drfs, device=device)
+               device: torch.device, tmp: Path,
+               phantom_kwargs: dict[str, object] | None = None) -> _Case:
+    """Simulate a case (``phantom_kwargs`` as :func:`simulate_case`'s) and write its low-dose
+    sinograms into ``tmp``."""
+    sim = simulate_case(family, seed, slices=slices, drfs=drfs, device=device,
+                        phantom_kwargs=phantom_kwargs)
     metas = {k: series_meta(sim, k, "1.2.3", "1.2.3.4", series_number=1) for k in drfs}
     sinos = {k: write_sinogram(tmp / f"{sim.case_id}_drf{k}.hs", sim.prompts[k], sim.sinogram,
                                dtype="int16") for k in drfs}
@@ -351,8 +363,9 @@ def cascade_flops_per_slice(opts: CascadeOptions, weights: Path | None,
 # ----------------------------------------------------------------------------- runner
 
 
-def _median(rows: list[dict[str, float]], key: str) -> float:
-    values = [r[key] for r in rows if np.isfinite(r[key])]
+def _median(rows: list[dict[str, Any]], key: str) -> float:
+    """Median of ``key`` over ``rows``, ignoring None and NaN (NaN when nothing is left)."""
+    values = [r[key] for r in rows if r[key] is not None and np.isfinite(r[key])]
     return float(statistics.median(values)) if values else float("nan")
 
 
@@ -367,11 +380,16 @@ def run_benchmark(opts: BenchOptions, progress: Callable[[str], None] | None = N
     if unknown:
         raise PetReconError(f"unknown ablation {unknown[0]!r}; choose from "
                             f"{', '.join(ABLATIONS)}")
+    if not opts.families and not opts.anatomy_study:
+        raise PetReconError("nothing to run: no family and no anatomy study")
     check_output_dir(opts.out, opts.overwrite)
     say = progress or (lambda _: None)
     device = resolve_device(opts.device)
+    if opts.anatomy_study:
+        from pet_recon.benchmark_anatomy import check_anatomy_weights, run_anatomy_study
+
+        check_anatomy_weights(opts.weights, device)
     cascade_opts = replace(opts.cascade, weights=opts.weights, device=str(device))
-    unet = _UNetBaseline(opts.weights, device)
     anchors = {folder: Cascade.load(folder, device).anchors
                for folder in (opts.weights, opts.compare_weights)}
     compare = None
@@ -396,6 +414,7 @@ def run_benchmark(opts: BenchOptions, progress: Callable[[str], None] | None = N
     with tempfile.TemporaryDirectory(prefix="petrecon-bench-") as tmp_name:
         tmp = Path(tmp_name)
         for family in opts.families:
+            unet = _UNetBaseline(opts.weights, device)
             say(f"{family}: validation cases")
             val = [_make_case(family, 8 + 10 * i, drfs, opts.slices, device, tmp)
                    for i in range(opts.cases)]
@@ -433,8 +452,11 @@ def run_benchmark(opts: BenchOptions, progress: Callable[[str], None] | None = N
                             name: seconds for name, (_, seconds, _) in outputs.items()}
             if family in ("brain", "body") and opts.ablations:
                 results["ablations"][family] = _ablations(tests, opts, cascade_opts)
-        say("speed: FLOPs and matrix-product rate")
-        results["speed"] |= _speed(results, opts, cascade_opts, device)
+        if opts.families:
+            say("speed: FLOPs and matrix-product rate")
+            results["speed"] |= _speed(results, opts, cascade_opts, device)
+        if opts.anatomy_study:
+            results["anatomy"] = run_anatomy_study(opts, cascade_opts, device, tmp, say)
     results["seconds"] = time.perf_counter() - t_start
     table = render_table(results)
     results["table"] = table
@@ -446,7 +468,8 @@ def run_benchmark(opts: BenchOptions, progress: Callable[[str], None] | None = N
 
             for family, images in examples.items():
                 image_grid(images, family, opts.ablation_drf, stage / f"images_{family}.png")
-            drf_curves(results, stage / "drf_curves.png")
+            if results["cases"]:
+                drf_curves(results, stage / "drf_curves.png")
     return results
 
 
@@ -584,13 +607,15 @@ def _jsonable(value: Any) -> Any:
 
 
 def render_table(results: dict[str, Any]) -> str:
-    """The markdown report: methods by family and DRF, ablations, speed (medians)."""
+    """The markdown report: methods by family and DRF, ablations, speed (medians), and the
+    anatomy study when it ran."""
     lines = [f"petrecon benchmark, {results['date']}, {results['machine']['platform']}, "
              f"device {results['machine']['device']}; test seeds "
-             f"{', '.join(map(str, results['test_seeds']))}; medians over cases.", ""]
-    lines += ["| family | DRF | method | PSNR (dB) | SSIM | NRMSE | lesion SUVmax bias | "
-              "lesion SUVpeak bias | mean SUV change | z-consistency | s/study |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             f"{', '.join(map(str, results['test_seeds']))}; medians over cases."]
+    if results["cases"]:
+        lines += ["", "| family | DRF | method | PSNR (dB) | SSIM | NRMSE | lesion SUVmax bias | "
+                  "lesion SUVpeak bias | mean SUV change | z-consistency | s/study |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for family, by_drf in results["cases"].items():
         for drf, methods in by_drf.items():
             for name, rows in methods.items():
@@ -665,6 +690,10 @@ def render_table(results: dict[str, Any]) -> str:
                   f"{speed['compute_floor_s_per_slice']:.3f} s/slice; measured "
                   f"{speed['network_s_per_slice']:.3f} s/slice in the networks: "
                   f"{speed['ratio_to_floor']:.1f} x the floor."]
+    if results.get("anatomy"):
+        from pet_recon.benchmark_anatomy import anatomy_table
+
+        lines += anatomy_table(results["anatomy"])
     return "\n".join(lines) + "\n"
 
 

@@ -403,6 +403,14 @@ def bench(
         Path | None, typer.Option(help="Second weights folder: its cascade is one more method "
                                        "(e.g. SD2 with vs without the anchor loss).")
     ] = None,
+    anatomy_study: Annotated[
+        bool, typer.Option(help="Also run the anatomy study (issue #7): brain FDG and amyloid "
+                                "cases without and with the MR, and the MR leak checks; "
+                                "needs weights with the anatomy files.")
+    ] = False,
+    anatomy_only: Annotated[
+        bool, typer.Option(help="Run only the anatomy study (at the --drf values).")
+    ] = False,
     device: Device = "cpu",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress messages.")] = False,
@@ -413,9 +421,14 @@ def bench(
     _setup_logging(quiet)
     opts = BenchOptions(out=out_dir, cases=cases, slices=slices, weights=weights,
                         compare_weights=compare_weights, device=device, overwrite=overwrite,
-                        ablations=tuple(ABLATIONS) if ablations else ())
+                        ablations=tuple(ABLATIONS) if ablations else (),
+                        anatomy_study=anatomy_study or anatomy_only)
     if family:
         opts.families = tuple(family)
+    if anatomy_only:
+        if family:
+            raise PetReconError("--anatomy-only runs no family; leave out --family")
+        opts.families, opts.ablations = (), ()
     if drf:
         opts.drfs = tuple(drf)
     if smoke:

@@ -63,3 +63,29 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 update_manifest(target, name=stage, config={}, training={"steps": 2},
                                 metrics=report["metrics"])
     return root
+
+
+@pytest.fixture(scope="session")
+def guided(runs: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's runs plus ``anatomy/`` (the anatomy stage, 2 steps on the tiny set's body
+    shards; it has no brain shards) and ``weights/``: the session's weights with the anatomy
+    files (``runs / "weights"`` stays without them)."""
+    import shutil
+
+    from pet_recon.cascade import ANATOMY_FILES
+    from pet_recon.training import TrainOptions, train
+    from pet_recon.weights import update_manifest
+
+    root = tmp_path_factory.mktemp("guided")
+    for stage in ("srm", "mi-encoder", "sd1", "sd2"):
+        shutil.copytree(runs / stage, root / stage)
+    train("anatomy", TrainOptions(data=runs / "data", out=root / "anatomy", steps=2,
+                                  device=torch.device("cpu"), batch_size=4, patch=32,
+                                  log_every=1, checkpoint_every=1, frozen=runs / "weights",
+                                  trust_frozen=True, families=("body",)))
+    shutil.copytree(runs / "weights", root / "weights")
+    for name in ANATOMY_FILES.values():
+        shutil.copyfile(root / "anatomy" / name, root / "weights" / name)
+        update_manifest(root / "weights" / name, name="anatomy", config={},
+                        training={"steps": 2}, metrics={})
+    return root

@@ -30,7 +30,7 @@ from pet_recon.models.anatomy import (
 from pet_recon.models.unet import UNet
 from pet_recon.physics.phantoms import LESION_BASE, Label
 from pet_recon.training import TrainOptions, train
-from pet_recon.weights import load_model, save_model, sha256_file, update_manifest
+from pet_recon.weights import load_model, save_model, sha256_file
 
 CPU = torch.device("cpu")
 TINY = {"base_channels": 8, "channel_mults": (1, 2, 2, 2), "attention_levels": (2, 3),
@@ -48,22 +48,6 @@ def _options(runs: Path, out: Path, **kwargs: object) -> TrainOptions:
 def _extra(path: Path) -> dict[str, object]:
     with safe_open(str(path), framework="pt") as f:
         return json.loads(f.metadata()["extra"])
-
-
-@pytest.fixture(scope="module")
-def guided(runs: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The session's runs plus ``anatomy/`` (2 steps on the tiny set's body shards; it has no
-    brain shards) and ``weights/``: the session's weights with the anatomy files."""
-    root = tmp_path_factory.mktemp("guided")
-    for stage in ("srm", "mi-encoder", "sd1", "sd2"):
-        shutil.copytree(runs / stage, root / stage)
-    train("anatomy", _options(runs, root / "anatomy", families=("body",)))
-    shutil.copytree(runs / "weights", root / "weights")
-    for name in ANATOMY_FILES.values():
-        shutil.copyfile(root / "anatomy" / name, root / "weights" / name)
-        update_manifest(root / "weights" / name, name="anatomy", config={},
-                        training={"steps": 2}, metrics={})
-    return root
 
 
 @pytest.fixture(scope="module")

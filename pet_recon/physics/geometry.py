@@ -63,6 +63,10 @@ class ImageGeometry:
         """Pixel-centre y coordinates, shape ``(ny,)``, float64, mm."""
         return (np.arange(self.ny) - (self.ny - 1) / 2.0) * self.pixel_mm
 
+    def z_mm(self) -> np.ndarray:
+        """Plane-centre z coordinates, shape ``(n_planes,)``, float64, mm."""
+        return (np.arange(self.n_planes) - (self.n_planes - 1) / 2.0) * self.plane_mm
+
 
 @dataclass(frozen=True)
 class SinogramGeometry:

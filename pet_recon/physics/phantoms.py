@@ -85,7 +85,7 @@ Sources
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
@@ -98,9 +98,11 @@ from pet_recon.physics.geometry import ImageGeometry
 __all__ = [
     "FAMILIES",
     "LESION_BASE",
+    "MR_SPHERE_INTENSITY",
     "NEMA_SPHERE_DIAMETERS_MM",
     "BRAIN_TRACERS",
     "Label",
+    "MrSphere",
     "Phantom",
     "body",
     "brain",
@@ -248,13 +250,38 @@ _WATER = _Tissue(0.0, 0.25)
 _PMMA = _Tissue(120.0, 0.0)
 _LUNG_INSERT = _Tissue(-700.0, 0.0)  # polystyrene beads, 0.3 g/ml
 
+MR_SPHERE_INTENSITY: dict[str, float] = {
+    "csf": _CSF.mr,
+    "grey matter": _GM.mr,
+    "white matter": _WM.mr,
+    "fat": _FAT.mr,
+}
+"""T1-weighted MR intensity (a.u., before bias field and noise) of the tissues an
+:class:`MrSphere` can show."""
+
+
+@dataclass(frozen=True)
+class MrSphere:
+    """A sphere painted into a brain phantom's MR only: a structure that the MR shows and the
+    PET does not (no uptake, attenuation, CT or label of its own; :func:`brain`).
+
+    Attributes
+    ----------
+    centre_mm : tuple of float
+        ``(x, y, z)`` centre in mm, grid coordinates of the other images (as a lesion's
+        ``centre_mm``); the MR's misregistration moves it like the rest of the anatomy.
+    diameter_mm : float
+        Diameter in mm (partial volume at its edge, like every painted structure).
+    tissue : str
+        Key of :data:`MR_SPHERE_INTENSITY`: the MR intensity it has.
+    """
+
+    centre_mm: tuple[float, float, float]
+    diameter_mm: float
+    tissue: str
+
 
 # --------------------------------------------------------------------------- primitives
-
-
-def _z_mm(geometry: ImageGeometry) -> np.ndarray:
-    """Plane-centre z coordinates, shape ``(planes,)``, float64, mm."""
-    return (np.arange(geometry.n_planes) - (geometry.n_planes - 1) / 2.0) * geometry.plane_mm
 
 
 def _smoothstep(t: np.ndarray) -> np.ndarray:
@@ -366,7 +393,7 @@ class _Canvas:
     def __init__(self, geometry: ImageGeometry) -> None:
         self.geometry = geometry
         self.spacing = (geometry.plane_mm, geometry.pixel_mm, geometry.pixel_mm)
-        self.axes = (_z_mm(geometry), geometry.y_mm(), geometry.x_mm())
+        self.axes = (geometry.z_mm(), geometry.y_mm(), geometry.x_mm())
         self.z = self.axes[0].astype(np.float32)[:, None, None]
         self.y = self.axes[1].astype(np.float32)[None, :, None]
         self.x = self.axes[2].astype(np.float32)[None, None, :]
@@ -398,9 +425,33 @@ class _Canvas:
     ) -> None:
         """Paint an ellipsoid (centre x, y, z and radii in mm) times the coverage ``within``.
 
-        Only the ellipsoid's bounding box is evaluated; ellipsoids smaller than four voxels
-        are supersampled 3x3x3. ``within`` (broadcastable to the grid) clips the ellipsoid to
-        another structure, e.g. an organ to the body.
+        The coverage is :meth:`ellipsoid_cover`'s. ``within`` (broadcastable to the grid) clips
+        the ellipsoid to another structure, e.g. an organ to the body.
+        """
+        found = self.ellipsoid_cover(centre, radii, yaw_deg)
+        if found is None:
+            return
+        cover, region = found
+        if within is not None:
+            cover = cover * np.broadcast_to(within, self.labels.shape)[region]
+        self.fill(label, tissue, suv, cover, region)
+
+    def ellipsoid_cover(
+        self,
+        centre: tuple[float, float, float],
+        radii: tuple[float, float, float],
+        yaw_deg: float = 0.0,
+    ) -> tuple[np.ndarray, _Region] | None:
+        """Voxel coverage (0-1) of an ellipsoid over its bounding box on the grid.
+
+        Only the bounding box is evaluated; ellipsoids smaller than four voxels are
+        supersampled 3x3x3.
+
+        Returns
+        -------
+        tuple or None
+            ``(cover, region)``: float coverage of shape of ``region`` (planes, rows,
+            columns slices of the grid); None when the ellipsoid misses the grid.
         """
         reach_xy = max(radii[0], radii[1])
         reach = (radii[2], reach_xy, reach_xy)
@@ -410,7 +461,7 @@ class _Canvas:
             lo = int(np.searchsorted(self.axes[axis], c - margin))
             hi = int(np.searchsorted(self.axes[axis], c + margin, side="right"))
             if lo >= hi:
-                return
+                return None
             box.append(slice(lo, hi))
         region = (box[0], box[1], box[2])
         factor = 3 if min(radii) < 4 * max(self.spacing) else 1
@@ -425,9 +476,7 @@ class _Canvas:
         if factor > 1:
             nz, ny, nx = (n // factor for n in cover.shape)
             cover = cover.reshape(nz, factor, ny, factor, nx, factor).mean(axis=(1, 3, 5))
-        if within is not None:
-            cover = cover * np.broadcast_to(within, self.labels.shape)[region]
-        self.fill(label, tissue, suv, cover, region)
+        return cover, region
 
     def fill(
         self,
@@ -1070,7 +1119,14 @@ def _scatter(
     return out
 
 
-def brain(geometry: ImageGeometry, seed: int, tracer: str = "FDG") -> Phantom:
+def brain(
+    geometry: ImageGeometry,
+    seed: int,
+    tracer: str = "FDG",
+    *,
+    mr_lesions: bool = True,
+    mr_spheres: Sequence[MrSphere] = (),
+) -> Phantom:
     """A random adult head: scalp, skull, CSF, folded cortex, white and deep grey matter.
 
     Anatomy, in head coordinates (origin at the anterior commissure, ``x`` left, ``y``
@@ -1127,6 +1183,16 @@ def brain(geometry: ImageGeometry, seed: int, tracer: str = "FDG") -> Phantom:
         white matter, i.e. SUVR 1.6-2.2, with +-10 % regional variation: the loss of
         grey-white contrast that makes a scan positive (Clark et al., JAMA 305 (2011) 275;
         Barthel et al., Lancet Neurol 10 (2011) 424).
+    mr_lesions : bool
+        False: the MR shows the anatomy before the lesions were painted (the host tissue
+        where a lesion is), with the same misregistration, bias field and noise; every other
+        array and ``info`` are unchanged. For the benchmark's leak check of a lesion the MR
+        does not show.
+    mr_spheres : sequence of MrSphere
+        Spheres painted into the MR only, after the lesions and before the MR acquisition
+        (misregistration, bias field, noise, drawn as without them); every other array and
+        ``info`` are unchanged. For the benchmark's leak check of an MR structure without
+        uptake.
 
     Returns
     -------
@@ -1139,6 +1205,10 @@ def brain(geometry: ImageGeometry, seed: int, tracer: str = "FDG") -> Phantom:
     """
     if tracer not in BRAIN_TRACERS:
         raise ValueError(f"tracer must be one of {BRAIN_TRACERS}, got {tracer!r}")
+    for sphere in mr_spheres:
+        if sphere.tissue not in MR_SPHERE_INTENSITY:
+            raise ValueError(f"MR sphere tissue must be one of {tuple(MR_SPHERE_INTENSITY)}, "
+                             f"got {sphere.tissue!r}")
     rng = np.random.default_rng(seed)
     info: dict[str, Any] = {"family": "brain", "seed": seed, "tracer": tracer}
     info.update(_draw_patient(rng, None, None))
@@ -1177,6 +1247,7 @@ def brain(geometry: ImageGeometry, seed: int, tracer: str = "FDG") -> Phantom:
     info["hypometabolic"] = []
     if region is None:  # the slab misses the head
         info["lesions"] = []
+        _paint_mr_spheres(canvas, mr_spheres)
         return _finish(canvas, rng, info, texture=0.05)
     coords = frame.coords(region)
     cerebrum, cerebellum, stem = _brain_surfaces(*coords, k, size)
@@ -1194,8 +1265,23 @@ def brain(geometry: ImageGeometry, seed: int, tracer: str = "FDG") -> Phantom:
         Label.DEEP_GREY: ("deep grey matter", suv["deep"]),
     }
     count = int(rng.integers(1, 4))
+    anatomy_mr = None if mr_lesions else canvas.mr.copy()
     info["lesions"] = _place_lesions(canvas, rng, count, hosts, (4.0, 15.0), (1.5, 3.0))
+    if anatomy_mr is not None:
+        canvas.mr = anatomy_mr
+    _paint_mr_spheres(canvas, mr_spheres)
     return _finish(canvas, rng, info, texture=0.05)
+
+
+def _paint_mr_spheres(canvas: _Canvas, spheres: Sequence[MrSphere]) -> None:
+    """Composite each :class:`MrSphere` into ``canvas.mr`` only, with partial volume."""
+    for sphere in spheres:
+        found = canvas.ellipsoid_cover(sphere.centre_mm, (sphere.diameter_mm / 2.0,) * 3)
+        if found is None:
+            continue
+        cover, region = found
+        view = canvas.mr[region]
+        view += cover * (MR_SPHERE_INTENSITY[sphere.tissue] - view)
 
 
 def _paint_exterior(
@@ -1841,7 +1927,8 @@ def make_phantom(family: str, geometry: ImageGeometry, seed: int, **kwargs: Any)
     seed : int
         Random seed.
     **kwargs
-        ``tracer`` (brain), ``weight_kg`` and ``height_m`` (body), ``ratio`` (nema).
+        ``tracer``, ``mr_lesions`` and ``mr_spheres`` (brain), ``weight_kg`` and
+        ``height_m`` (body), ``ratio`` (nema).
 
     Returns
     -------

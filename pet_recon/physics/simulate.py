@@ -474,6 +474,37 @@ def mr_series_meta(case: SimulatedCase, study_uid: str, series_number: int) -> S
                        series_description="MR T1-weighted (simulated)"))
 
 
+def write_mr_series(case: SimulatedCase, out_dir: Path, study_uid: str, series_number: int,
+                    volume: np.ndarray | None = None) -> list[Path]:
+    """Write an MR of the case as a DICOM MR series (:func:`mr_series_meta`) into ``out_dir``.
+
+    Parameters
+    ----------
+    case : SimulatedCase
+        Gives the grid, the patient and the acquisition times.
+    out_dir : Path
+        Folder of the series (created).
+    study_uid : str
+        Study Instance UID (the PET's, for an MR of the same study).
+    series_number : int
+        Series Number of the MR.
+    volume : np.ndarray, optional
+        ``(planes, ny, nx)`` float32 MR in arbitrary units on the case's grid; default the
+        phantom's MR (:attr:`Phantom.mr`), e.g. another rendering of it
+        (:func:`pet_recon.physics.phantoms.brain`'s ``mr_lesions`` and ``mr_spheres``).
+
+    Returns
+    -------
+    list of Path
+        The files written.
+    """
+    meta = mr_series_meta(case, study_uid, series_number=series_number)
+    return write_new_series(case.phantom.mr if volume is None else volume, meta, out_dir,
+                            series_description=meta.source.series_description or "MR",
+                            patient_id=case.case_id, patient_position="HFS",
+                            image_type_extra="OTHER")
+
+
 def _write_mha(path: Path, volume: np.ndarray, geometry: VolumeGeometry) -> None:
     sitk.WriteImage(geometry.to_sitk(volume), str(path), useCompression=True)
 
@@ -504,10 +535,7 @@ def write_case(case: SimulatedCase, out_dir: Path) -> dict[str, object]:
                          series_description=meta.source.series_description or name,
                          patient_id=case.case_id, patient_position="HFS")
         metas[k] = meta
-    mr_meta = mr_series_meta(case, study_uid, series_number=len(metas) + 1)
-    write_new_series(case.phantom.mr, mr_meta, out_dir / "mr",
-                     series_description=mr_meta.source.series_description or "MR",
-                     patient_id=case.case_id, patient_position="HFS", image_type_extra="OTHER")
+    write_mr_series(case, out_dir / "mr", study_uid, series_number=len(metas) + 1)
     geometry = metas[1].geometry
     sino_dir = out_dir / "sino"
     sino_dir.mkdir(exist_ok=True)
