@@ -236,6 +236,13 @@ def _anchor_levels(anchors: dict[int, int], drf: float | None, path: Path) -> di
     return {k: t for k, t in sorted(anchors.items()) if 1 < k < drf}
 
 
+#: Said in every ``--anatomy`` run's warnings: the benchmark's second leak check fails.
+MR_LEAK_WARNING = ("anatomy: MR guidance is experimental: in the benchmark's leak check, "
+                   "structures seen only on the MR changed the restored uptake there "
+                   "(docs/benchmark.md, anatomy study); do not read uptake where MR and PET "
+                   "disagree")
+
+
 def _anatomy_planes(opts: CascadeOptions, cascade: Cascade, volume: np.ndarray,
                     meta: SeriesMeta, grid: VolumeGeometry, warnings: list[str]
                     ) -> tuple[np.ndarray, dict[str, object]]:
@@ -269,6 +276,7 @@ def _anatomy_planes(opts: CascadeOptions, cascade: Cascade, volume: np.ndarray,
         raise PetReconError(f"{opts.anatomy}: a {report['modality']} series; the anatomy "
                             f"weights were trained on {trained_on}")
     warnings.extend(f"anatomy: {text}" for text in report["warnings"])
+    warnings.append(MR_LEAK_WARNING)
     on_grid = resample_volume(anatomy, meta.geometry, grid, default=report["outside_value"])
     try:
         normalised, scale = normalise_mr(on_grid, grid.spacing)

@@ -344,7 +344,7 @@ def test_simulated_mr_is_an_mr_dicom_series_of_its_own_frame(brain_case: Path) -
 def test_reconstruct_with_anatomy_end_to_end(guided: Path, brain_case: Path,
                                              tmp_path: Path) -> None:
     from pet_recon.io.series import read_series
-    from pet_recon.pipeline import CascadeOptions, reconstruct
+    from pet_recon.pipeline import MR_LEAK_WARNING, CascadeOptions, reconstruct
 
     options = CascadeOptions(anatomy=brain_case / "mr", drf=20, steps=2, sd2_steps=2,
                              weights=guided / "weights", device="cpu")
@@ -358,6 +358,7 @@ def test_reconstruct_with_anatomy_end_to_end(guided: Path, brain_case: Path,
     assert entry["weights_sha256"] == {
         name: sha256_file(guided / "weights" / name) for name in ANATOMY_FILES.values()}
     assert "anatomy_s" in report["parameters"]["timings"]
+    assert MR_LEAK_WARNING in report["warnings"]
     assert json.loads((tmp_path / "run.json").read_text())["parameters"]["anatomy"] == entry
     volume, meta = read_series(tmp_path / "out")
     assert volume.shape == (4, 32, 32) and np.isfinite(volume).all()
