@@ -186,6 +186,11 @@ def evaluate(
     ] = None,
     labels: Annotated[Path | None, typer.Option(
         resolve_path=True, help="Label map on the same grid (simulator labels.mha).")] = None,
+    pred_series_uid: Annotated[str | None, typer.Option(
+        help="SeriesInstanceUID in --pred when it holds several (e.g. a --progressive run).")
+    ] = None,
+    ref_series_uid: Annotated[str | None, typer.Option(
+        help="SeriesInstanceUID in --ref when it holds several.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
     out_json: Annotated[Path | None, typer.Option(
         "--out-json", help="Also write the JSON report to this file.")] = None,
@@ -195,7 +200,8 @@ def evaluate(
     from pet_recon.evaluate import format_report
 
     _setup_logging(quiet=as_json)
-    report = run(pred, ref, truth=truth, labels=labels)
+    report = run(pred, ref, truth=truth, labels=labels, pred_series_uid=pred_series_uid,
+                 ref_series_uid=ref_series_uid)
     text = json.dumps(report, indent=2)
     if out_json is not None:
         _write_text(out_json, text + "\n")

@@ -76,6 +76,8 @@ def evaluate(
     *,
     truth: Path | None = None,
     labels: Path | None = None,
+    pred_series_uid: str | None = None,
+    ref_series_uid: str | None = None,
 ) -> dict[str, Any]:
     """Compare a prediction with a reference (and the truth), globally and per VOI.
 
@@ -88,6 +90,9 @@ def evaluate(
         ``case.json`` beside it (its ``suv_factor["1"]``).
     labels : Path, optional
         Integer label map on the same grid (the simulator's ``labels.mha``).
+    pred_series_uid, ref_series_uid : str, optional
+        SeriesInstanceUID of the series to read where ``pred`` or ``ref`` holds several
+        (e.g. a ``reconstruct --progressive`` output folder).
 
     Returns
     -------
@@ -105,8 +110,8 @@ def evaluate(
         An input is missing or unreadable, has no SUV, or lies on another grid.
     """
     pred, ref = Path(pred), Path(ref)
-    pred_vol, pred_geo, pred_info = _load_suv(pred)
-    ref_vol, ref_geo, ref_info = _load_suv(ref)
+    pred_vol, pred_geo, pred_info = _load_suv(pred, pred_series_uid)
+    ref_vol, ref_geo, ref_info = _load_suv(ref, ref_series_uid)
     _check_grid(pred, pred_geo, ref, ref_geo)
     spacing = ref_geo.spacing
     body = body_mask(ref_vol, spacing)
@@ -148,7 +153,8 @@ def evaluate(
 # --------------------------------------------------------------------------- inputs
 
 
-def _load_suv(path: Path) -> tuple[np.ndarray, VolumeGeometry, dict[str, Any]]:
+def _load_suv(path: Path, series_uid: str | None = None
+              ) -> tuple[np.ndarray, VolumeGeometry, dict[str, Any]]:
     """SUV volume (float64), its grid and a description of where it came from."""
     if not path.exists():
         raise PetReconError(f"{path}: no such file or folder")
@@ -156,7 +162,7 @@ def _load_suv(path: Path) -> tuple[np.ndarray, VolumeGeometry, dict[str, Any]]:
         volume, geometry = _read_image(path)
         return volume, geometry, {"path": str(path), "source": "image",
                                   "units": "SUV, assumed (volume file)"}
-    volume, meta = read_series(path)
+    volume, meta = read_series(path, series_uid=series_uid)
     scale = suv_scale(meta)  # SuvUnavailable is a PetReconError naming the series
     factors = np.asarray(scale.factors, dtype=np.float64)[:, None, None]
     info = {"path": str(path), "source": "dicom", "units": f"SUV{scale.suv_type}, from DICOM",

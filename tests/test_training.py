@@ -196,6 +196,7 @@ def test_cascade_anchor_steps_out_of_range_are_refused(runs: Path) -> None:
 @pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy (dicom3tools) not installed")
 def test_reconstruct_progressive_writes_one_conformant_series_per_anchor(
         runs: Path, tmp_path: Path) -> None:
+    from pet_recon.evaluate import evaluate
     from pet_recon.io.series import read_series
     from pet_recon.physics.simulate import simulate_case, write_case
     from pet_recon.pipeline import CascadeOptions, reconstruct
@@ -217,6 +218,8 @@ def test_reconstruct_progressive_writes_one_conformant_series_per_anchor(
         read_series(tmp_path / "out")
     main_uid = pydicom.dcmread(tmp_path / "out" / "IM_0001.dcm").SeriesInstanceUID
     main, main_meta = read_series(tmp_path / "out", series_uid=main_uid)
+    scores = evaluate(tmp_path / "out", folder, pred_series_uid=main_uid)  # main vs 1/4 dose
+    assert np.isfinite(scores["image_quality"]["psnr_db"])
     assert anchor.shape == main.shape and not np.array_equal(anchor, main)
     assert meta.source.series_instance_uid != main_meta.source.series_instance_uid
     assert meta.source.series_number == main_meta.source.series_number + 1
