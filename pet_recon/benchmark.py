@@ -606,6 +606,16 @@ def _jsonable(value: Any) -> Any:
 # ----------------------------------------------------------------------------- table
 
 
+#: Columns of :func:`_row`, after its leading ones.
+SCORE_COLUMNS = ("PSNR (dB)", "SSIM", "NRMSE", "lesion SUVmax bias", "lesion SUVpeak bias",
+                 "mean SUV change", "z-consistency", "s/study")
+
+
+def table_header(*columns: str) -> list[str]:
+    """The two header lines of a markdown table with these columns."""
+    return ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+
+
 def render_table(results: dict[str, Any]) -> str:
     """The markdown report: methods by family and DRF, ablations, speed (medians), and the
     anatomy study when it ran."""
@@ -613,9 +623,7 @@ def render_table(results: dict[str, Any]) -> str:
              f"device {results['machine']['device']}; test seeds "
              f"{', '.join(map(str, results['test_seeds']))}; medians over cases."]
     if results["cases"]:
-        lines += ["", "| family | DRF | method | PSNR (dB) | SSIM | NRMSE | lesion SUVmax bias | "
-                  "lesion SUVpeak bias | mean SUV change | z-consistency | s/study |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        lines += ["", *table_header("family", "DRF", "method", *SCORE_COLUMNS)]
     for family, by_drf in results["cases"].items():
         for drf, methods in by_drf.items():
             for name, rows in methods.items():
@@ -623,10 +631,7 @@ def render_table(results: dict[str, Any]) -> str:
     if results["ablations"]:
         drf = results["options"]["ablation_drf"]
         lines += ["", f"Ablations of the cascade at DRF {drf} (reference: the 'MiG-DM cascade' "
-                  "row above).", "",
-                  "| family | variant | PSNR (dB) | SSIM | NRMSE | lesion SUVmax bias | "
-                  "lesion SUVpeak bias | mean SUV change | z-consistency | s/study |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+                  "row above).", "", *table_header("family", "variant", *SCORE_COLUMNS)]
         for family, variants in results["ablations"].items():
             for name, rows in variants.items():
                 lines.append(_row([family, name], rows))
@@ -635,9 +640,9 @@ def render_table(results: dict[str, Any]) -> str:
                   "mask, range = full-dose SUVmax) of each 1/k-dose-equivalent output against "
                   "the simulated 1/k-dose image, the input and full dose; then the input's and "
                   "the final output's PSNR against that 1/k-dose image.", "",
-                  "| family | input DRF | anchor | t_k | vs 1/k dose | vs input | vs full dose | "
-                  "input vs 1/k dose | final vs 1/k dose |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+                  *table_header("family", "input DRF", "anchor", "t_k", "vs 1/k dose",
+                                "vs input", "vs full dose", "input vs 1/k dose",
+                                "final vs 1/k dose")]
         for family, by_drf in results["progressive"].items():
             for drf, cases in by_drf.items():
                 for k in cases[0]["anchors"]:
@@ -657,8 +662,7 @@ def render_table(results: dict[str, Any]) -> str:
             if "skipped" in first:
                 continue
             spheres = list(first)
-            lines += [f"| DRF {drf} | " + " | ".join(spheres) + " |",
-                      "| --- |" + " --- |" * len(spheres)]
+            lines += table_header(f"DRF {drf}", *spheres)
             full = results.get("nema_full_dose", {})
             if full and "skipped" not in full:
                 lines.append("| full dose | " + " | ".join(
@@ -673,8 +677,7 @@ def render_table(results: dict[str, Any]) -> str:
         slices = results["options"]["slices"]
         lines += ["", f"Speed at DRF {results['options']['ablation_drf']} ({slices} planes of "
                   "128 x 128, one case):", "",
-                  "| family | method or cascade stage | s/study | s/slice |",
-                  "| --- | --- | --- | --- |"]
+                  *table_header("family", "method or cascade stage", "s/study", "s/slice")]
         for family, methods in speed.get("methods", {}).items():
             for name, seconds in methods.items():
                 lines.append(f"| {family} | {name} | {seconds:.2f} | {seconds / slices:.3f} |")

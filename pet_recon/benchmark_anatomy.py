@@ -39,7 +39,15 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from pet_recon.benchmark import BenchOptions, _Case, _make_case, _median, _NullBar, score
+from pet_recon.benchmark import (
+    BenchOptions,
+    _Case,
+    _make_case,
+    _median,
+    _NullBar,
+    score,
+    table_header,
+)
 from pet_recon.cascade import ANATOMY_FILES, Cascade
 from pet_recon.errors import PetReconError
 from pet_recon.physics.phantoms import LESION_BASE, Label, MrSphere, Phantom, make_phantom
@@ -440,9 +448,8 @@ def anatomy_table(anatomy: dict[str, Any]) -> list[str]:
              "the MR (`docs/benchmark.md`); hypometabolic bias: mean SUV in the FDG "
              "hypometabolic regions' grey matter against full dose (normal cortex: the grey "
              "matter away from them).", "",
-             "| tracer | DRF | method | PSNR (dB) | SSIM | lesion SUVmax bias | hypometabolic "
-             "mean bias | normal cortex mean bias | s/study |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             *table_header("tracer", "DRF", "method", "PSNR (dB)", "SSIM", "lesion SUVmax bias",
+                           "hypometabolic mean bias", "normal cortex mean bias", "s/study")]
     for tracer, by_drf in anatomy["cases"].items():
         for drf, runs in by_drf.items():
             for name in (PET_ONLY, WITH_MR):
@@ -457,8 +464,8 @@ def anatomy_table(anatomy: dict[str, Any]) -> list[str]:
     lines += ["", "Leak check 1, a lesion in the PET but not in the MR: lesion SUVmax bias "
               "against full dose without MR, with the MR (the lesion dark on it) and with the "
               "MR rendered without lesions; last column: lesion-free MR minus PET only.", "",
-              f"| tracer | DRF | seed | lesion | {PET_ONLY} | {WITH_MR} | {LESIONS_REMOVED} | "
-              "difference |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+              *table_header("tracer", "DRF", "seed", "lesion", PET_ONLY, WITH_MR,
+                            LESIONS_REMOVED, "difference")]
     for tracer, by_drf in anatomy["leak_lesions"].items():
         for drf, cases in by_drf.items():
             for case in cases:
@@ -476,10 +483,10 @@ def anatomy_table(anatomy: dict[str, Any]) -> list[str]:
               "contrast to a 2-6 mm shell (percentage points) between the runs with and "
               "without the structures in the MR; full dose: 0 (no MR); noise reference: the "
               "plain-MR run with the next seed against the plain-MR run.", "",
-              "| tracer | DRF | seed | structure | full-dose SUVmean (contrast) | mean: full "
-              "dose | mean: MR structure | mean: noise ref. | contrast: full dose | contrast: "
-              "MR structure | contrast: noise ref. |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+              *table_header("tracer", "DRF", "seed", "structure",
+                            "full-dose SUVmean (contrast)", "mean: full dose",
+                            "mean: MR structure", "mean: noise ref.", "contrast: full dose",
+                            "contrast: MR structure", "contrast: noise ref.")]
     for tracer, by_drf in anatomy["leak_structures"].items():
         for drf, cases in by_drf.items():
             for case in cases:
