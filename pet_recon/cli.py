@@ -355,6 +355,11 @@ def train(
         list[str] | None, typer.Option(help="anatomy: phantom family of the shards to use; "
                                             "repeat for several (default brain).")
     ] = None,
+    mismatch: Annotated[
+        float, typer.Option(min=0.0, max=1.0,
+                            help="anatomy: probability of a mismatched training MR (no lesions, "
+                                 "MR-only spheres; 0 for shards made before it existed).")
+    ] = 0.5,
 ) -> None:
     """Train one stage of the MiG-DM cascade (or the U-Net baseline) on simulated shards."""
     from pet_recon.training import STAGES, TrainOptions
@@ -367,7 +372,7 @@ def train(
         data=data, out=out_dir, steps=steps, device=_device(device), batch_size=batch_size,
         lr=lr, seed=seed, frozen=frozen, trust_frozen=trust_frozen, resume=resume, bf16=bf16,
         anchor_loss=anchor_loss, anchor_weight=anchor_weight, anchor_width=anchor_width,
-        aux_weight=aux_weight, families=tuple(family or ("brain",))))
+        aux_weight=aux_weight, families=tuple(family or ("brain",)), mismatch=mismatch))
     typer.echo(json.dumps({k: report[k] for k in ("stage", "seconds", "weights", "metrics")}))
 
 

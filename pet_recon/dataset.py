@@ -3,12 +3,15 @@
 One shard per case, ``<root>/<split>/<case_id>.safetensors``, holds aligned volumes
 (``(planes, ny, nx)`` images in SUV g/ml as float16; ``(planes, views, bins)`` sinograms):
 
-- ``truth``, ``fd``, ``ld_drf<k>`` (SUV images), ``mu`` (1/cm), ``mr`` (a.u.), ``labels``;
+- ``truth``, ``fd``, ``ld_drf<k>`` (SUV images), ``mu`` (1/cm), ``ct`` (HU), ``mr`` (a.u.),
+  ``labels``; brain cases also ``mr_mismatch`` (a.u.), the MR re-rendered without the
+  lesions and with MR-only spheres (:func:`~pet_recon.physics.phantoms.mismatched_mr`);
 - ``sino_fd``, ``sino_ld_drf<k>`` (prompts, int32 counts), ``attenuation``,
   ``normalisation``, ``background_fd`` (float32; background of level k = background_fd/k);
 
 and in its metadata (``json`` key) the case record: per dose level the meta-information
-record and rendered prompt, the SUV factors and the calibration.
+record and rendered prompt, the SUV factors, the calibration and (brain) the MR-only
+spheres of ``mr_mismatch``.
 
 The split is fixed by the case seed (:func:`split_of`), so a seed is in the same split
 whichever command wrote it: ``seed % 10 == 8`` validation, ``== 9`` test, else training.
@@ -29,6 +32,7 @@ from safetensors.numpy import save_file
 from pet_recon.meta.prompt import build_record, render_prompt
 from pet_recon.models.anatomy import normalise_mr
 from pet_recon.models.intensity import reference_value
+from pet_recon.physics.phantoms import mismatched_mr
 from pet_recon.physics.simulate import SimulatedCase, series_meta
 
 SPLITS = ("train", "val", "test")
@@ -57,6 +61,7 @@ def write_shard(case: SimulatedCase, root: Path) -> Path:
     tensors: dict[str, np.ndarray] = {
         "truth": case.truth_bqml * case.suv_factor(1),
         "mu": case.phantom.mu,
+        "ct": case.phantom.ct,
         "mr": case.phantom.mr,
         "labels": case.phantom.labels.astype(np.int16),
         "attenuation": case.attenuation,
@@ -67,7 +72,15 @@ def write_shard(case: SimulatedCase, root: Path) -> Path:
         name = "fd" if k == 1 else f"ld_drf{k}"
         tensors[name] = image * case.suv_factor(k)
         tensors[f"sino_{name}"] = case.prompts[k].astype(np.int32)
-    for name in ("truth", "mu", "mr", *(n for n in tensors if n == "fd" or n.startswith("ld_"))):
+    spheres: list[dict[str, object]] = []
+    if case.family == "brain":
+        tensors["mr_mismatch"], drawn = mismatched_mr(case.phantom)
+        spheres = [{"centre_mm": list(m.centre_mm), "diameter_mm": m.diameter_mm,
+                    "tissue": m.tissue} for m in drawn]
+    for name in ("truth", "mu", "ct", "mr", "mr_mismatch",
+                 *(n for n in tensors if n == "fd" or n.startswith("ld_"))):
+        if name not in tensors:
+            continue
         tensors[name] = tensors[name].astype(np.float16)
     for name in ("attenuation", "normalisation", "background_fd"):
         tensors[name] = np.ascontiguousarray(tensors[name], dtype=np.float32)
@@ -83,6 +96,7 @@ def write_shard(case: SimulatedCase, root: Path) -> Path:
         "pixel_mm": case.image.pixel_mm,
         "plane_mm": case.image.plane_mm,
         "bin_mm": case.sinogram.bin_mm,
+        "mr_mismatch_spheres": spheres,
     }
     tmp = path.with_name(f"{path.name}.partial")  # not matched by the loaders' *.safetensors
     save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp),
@@ -141,30 +155,39 @@ class SliceStream(torch.utils.data.IterableDataset):
         scale, and ``labels`` ``(ny, nx)`` int64, the phantom label ids of the plane. Shards
         without ``mr`` and ``labels`` are skipped. Off by default: items and the shuffling
         order are the same with it on or off.
+    mismatch : float
+        With ``with_anatomy``: the probability that a case's ``anatomy`` comes from its
+        ``mr_mismatch`` volume (the MR without the lesions and with MR-only spheres) instead
+        of ``mr``, drawn once per case and pass from its own generator, so items and order
+        are the same for any value. Shards without ``mr_mismatch`` are skipped when > 0.
     """
 
     def __init__(self, root: Path, split: str, *, families: tuple[str, ...] | None = None,
                  drfs: tuple[int, ...] | None = None, neighbours: int = 1, seed: int = 0,
                  shuffle: bool = True, cases_in_flight: int = 8, with_levels: bool = False,
-                 with_anatomy: bool = False) -> None:
+                 with_anatomy: bool = False, mismatch: float = 0.0) -> None:
         super().__init__()
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        if not 0.0 <= mismatch <= 1.0:
+            raise ValueError(f"mismatch must be a probability, got {mismatch}")
+        needed = ({"mr", "labels"} | ({"mr_mismatch"} if mismatch > 0 else set())
+                  if with_anatomy else set())
         patterns = [f"{family}-*.safetensors" for family in families] if families else [
             "*.safetensors"]
         folder = Path(root) / split
         self.files = sorted({p for pattern in patterns for p in folder.glob(pattern)
                              if not p.name.startswith(".")  # skip partial writes
-                             and (not with_anatomy or _has_anatomy(p))})
+                             and _holds(p, needed)})
         if not self.files:
             raise FileNotFoundError(
                 f"{folder}: no shards ({', '.join(patterns)}"
-                + (", with mr and labels)" if with_anatomy else ")"))
+                + (f", with {' and '.join(sorted(needed))})" if needed else ")"))
         self.drfs, self.neighbours = drfs, neighbours
         self.seed, self.shuffle, self.epoch = seed, shuffle, 0
         self.cases_in_flight = max(1, cases_in_flight) if shuffle else 1
         self.with_levels = with_levels
-        self.with_anatomy = with_anatomy
+        self.with_anatomy, self.mismatch = with_anatomy, mismatch
 
     def set_epoch(self, epoch: int) -> None:
         """Change the shuffling order for the next pass."""
@@ -199,7 +222,10 @@ class SliceStream(torch.utils.data.IterableDataset):
         spacing = (record["pixel_mm"], record["pixel_mm"], record["plane_mm"])
         refs = {k: reference_value(levels[k][0].float().numpy(), spacing) for k in drfs}
         if self.with_anatomy:
-            mr, _ = normalise_mr(fixed["mr"].float().numpy(), spacing)
+            draw = random.Random(f"{self.seed}-{self.epoch}-{record['case_id']}").random()
+            source = "mr_mismatch" if draw < self.mismatch else "mr"
+            with safe_open(str(path), framework="pt") as f:
+                mr, _ = normalise_mr(f.get_tensor(source).float().numpy(), spacing)
             anatomy = torch.from_numpy(mr)
         planes = list(range(fixed["fd"].shape[0]))
         if self.shuffle:
@@ -230,10 +256,12 @@ class SliceStream(torch.utils.data.IterableDataset):
             yield item
 
 
-def _has_anatomy(path: Path) -> bool:
-    """Whether a shard holds the ``mr`` and ``labels`` volumes."""
+def _holds(path: Path, names: set[str]) -> bool:
+    """Whether a shard holds every volume in ``names``."""
+    if not names:
+        return True
     with safe_open(str(path), framework="np") as f:
-        return {"mr", "labels"} <= set(f.keys())
+        return names <= set(f.keys())
 
 
 def write_dataset(

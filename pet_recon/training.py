@@ -151,6 +151,10 @@ class TrainOptions:
     families : tuple of str
         ``anatomy`` only: phantom families whose shards are used (shard names
         ``<family>-<seed>.safetensors``, shards with ``mr`` and ``labels``).
+    mismatch : float
+        ``anatomy`` only: probability that a training case's MR is its mismatched MR (no
+        lesions, MR-only spheres; :func:`~pet_recon.physics.phantoms.mismatched_mr`), so
+        that the branch learns not to copy anatomy into the PET (``docs/anatomy.md``).
     """
 
     data: Path
@@ -173,6 +177,7 @@ class TrainOptions:
     anchor_width: float = DEFAULT_WIDTH
     aux_weight: float = 0.1
     families: tuple[str, ...] = ("brain",)
+    mismatch: float = 0.5
 
 
 class EMA:
@@ -636,6 +641,7 @@ def _sd2_anatomy(opts: TrainOptions, first: dict[str, Any], rng: random.Random) 
                              "percentile": MR_PERCENTILE,
                              "region": "pet_recon.metrics.body_mask of the MR"},
         "aux_weight": opts.aux_weight,
+        "mismatch": opts.mismatch,
         "tissue_classes": list(TISSUE_CLASSES),
         "label_to_tissue": {Label(k).name: v for k, v in LABEL_TO_TISSUE.items()},
         "other_labels": TISSUE_CLASSES[OTHER_TISSUE],
@@ -658,7 +664,8 @@ def _train_sd(stage: str, opts: TrainOptions) -> dict[str, Any]:
     try:
         stream = SliceStream(opts.data, "train", neighbours=NEIGHBOURS, seed=opts.seed,
                              with_levels=opts.anchor_loss,
-                             families=opts.families if anatomy else None, with_anatomy=anatomy)
+                             families=opts.families if anatomy else None, with_anatomy=anatomy,
+                             mismatch=opts.mismatch if anatomy else 0.0)
     except FileNotFoundError as exc:
         raise PetReconError(str(exc)) from None
     batches = _batches(stream, opts.batch_size)

@@ -40,6 +40,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _options(runs: Path, out: Path, **kwargs: object) -> TrainOptions:
+    kwargs.setdefault("mismatch", 0.0)  # the tiny set has no brain shards (no mr_mismatch)
     return TrainOptions(data=runs / "data", out=out, steps=2, device=CPU, batch_size=4,
                         patch=32, log_every=1, checkpoint_every=1, frozen=runs / "weights",
                         trust_frozen=True, **kwargs)
@@ -175,6 +176,7 @@ def test_train_anatomy_writes_unet_and_branch_with_metadata(runs: Path, guided: 
     assert unet_extra["prediction"] == "x0" and unet_extra["schedule"]["num_steps"] == 1000
     anatomy = unet_extra["anatomy"]
     assert anatomy["aux_weight"] == 0.1 and anatomy["modality"] == "MR"
+    assert anatomy["mismatch"] == 0.0
     assert anatomy["tissue_classes"] == list(TISSUE_CLASSES)
     assert anatomy["label_to_tissue"]["CEREBELLUM"] == 2
     assert anatomy["mr_normalisation"]["percentile"] == 99.0
@@ -203,8 +205,11 @@ def test_train_anatomy_resumes_from_checkpoint(runs: Path, guided: Path, tmp_pat
 
 def test_train_anatomy_without_brain_shards_or_sd2_is_refused(runs: Path,
                                                                tmp_path: Path) -> None:
-    with pytest.raises(PetReconError, match="no shards \\(brain-\\*.safetensors, with mr"):
+    with pytest.raises(PetReconError, match="no shards \\(brain-\\*.safetensors, with labels"):
         train("anatomy", _options(runs, tmp_path / "a"))
+    with pytest.raises(PetReconError, match="body-\\*.safetensors, with labels and mr and "
+                                            "mr_mismatch"):
+        train("anatomy", _options(runs, tmp_path / "a", families=("body",), mismatch=0.5))
     frozen = tmp_path / "frozen"
     frozen.mkdir()
     shutil.copyfile(runs / "weights" / "mi-encoder.safetensors",

@@ -7,8 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 
 from pet_recon.dataset import SliceStream, read_record, split_of, write_dataset
+from pet_recon.models.anatomy import normalise_mr
+from pet_recon.physics.phantoms import MR_SPHERE_INTENSITY
 
 CPU = torch.device("cpu")
 
@@ -60,3 +63,45 @@ def test_slice_stream_yields_aligned_slices_with_neighbours(shards: Path) -> Non
 def test_slice_stream_missing_split_is_clear(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no shards"):
         SliceStream(tmp_path, "train")
+
+
+@pytest.fixture(scope="module")
+def brain_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("brain-shards")
+    write_dataset(root, families=("brain",), cases=1, seed=8, drfs=(20,), slices=6,
+                  matrix=32, device=CPU, progress=False)
+    return root
+
+
+def test_write_shard_brain_holds_ct_and_mismatched_mr(brain_shards: Path) -> None:
+    path = brain_shards / "val" / "brain-000008.safetensors"
+    with safe_open(str(path), framework="np") as f:
+        ct, mr, mismatch = (f.get_tensor(n) for n in ("ct", "mr", "mr_mismatch"))
+    assert ct.shape == mr.shape == mismatch.shape == (6, 32, 32)
+    assert ct.min() < -900 and ct.max() > 300  # air and skull in HU
+    spheres = read_record(path)["mr_mismatch_spheres"]
+    assert all(s["tissue"] in MR_SPHERE_INTENSITY for s in spheres)
+    assert not np.array_equal(mr, mismatch)
+
+
+@pytest.mark.parametrize(("mismatch", "source"), [(0.0, "mr"), (1.0, "mr_mismatch")])
+def test_slice_stream_mismatch_picks_the_anatomy(brain_shards: Path, mismatch: float,
+                                                 source: str) -> None:
+    path = brain_shards / "val" / "brain-000008.safetensors"
+    record = read_record(path)
+    with safe_open(str(path), framework="np") as f:
+        volume = f.get_tensor(source).astype(np.float32)
+    expected, _ = normalise_mr(volume, (record["pixel_mm"], record["pixel_mm"],
+                                        record["plane_mm"]))
+    items = list(SliceStream(brain_shards, "val", shuffle=False, with_anatomy=True,
+                             mismatch=mismatch))
+    assert np.allclose(items[2]["anatomy"].numpy(), expected[1:4])
+    plain = list(SliceStream(brain_shards, "val", shuffle=False))
+    assert [float(i["ld"].sum()) for i in items] == [float(i["ld"].sum()) for i in plain]
+
+
+def test_slice_stream_mismatch_needs_mismatched_shards(shards: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="with labels and mr and mr_mismatch"):
+        SliceStream(shards, "val", with_anatomy=True, mismatch=0.5)
+    with pytest.raises(ValueError, match="mismatch must be a probability"):
+        SliceStream(shards, "val", with_anatomy=True, mismatch=1.5)

@@ -11,6 +11,7 @@ from scipy import ndimage
 from pet_recon.physics.geometry import ImageGeometry
 from pet_recon.physics.phantoms import (
     LESION_BASE,
+    MR_SPHERE_INTENSITY,
     NEMA_SPHERE_DIAMETERS_MM,
     Label,
     Phantom,
@@ -18,6 +19,7 @@ from pet_recon.physics.phantoms import (
     brain,
     ct_to_mu,
     make_phantom,
+    mismatched_mr,
     nema,
 )
 
@@ -353,3 +355,34 @@ def test_errors() -> None:
     phantom = nema(SMALL, 0)
     with pytest.raises(ValueError, match="shape"):
         Phantom(SMALL, phantom.activity[:1], phantom.mu, phantom.ct, phantom.mr, phantom.labels)
+
+
+def test_mismatched_mr_hides_lesions_and_adds_spheres(brains: dict[str, Phantom]) -> None:
+    phantom = brains["FDG"]
+    mr, spheres = mismatched_mr(phantom)
+    again, same = mismatched_mr(phantom)
+    assert spheres == same and np.array_equal(mr, again)  # reproducible from the seed
+    assert 1 <= len(spheres) <= 3 and mr.shape == phantom.mr.shape and mr.dtype == np.float32
+    g = phantom.geometry
+    z, y, x = np.meshgrid(g.z_mm(), g.y_mm(), g.x_mm(), indexing="ij")
+    near = np.zeros(g.shape, bool)
+    for sphere in spheres:
+        assert sphere.tissue in MR_SPHERE_INTENSITY
+        cx, cy, cz = sphere.centre_mm
+        distance = np.sqrt((x - cx) ** 2 + (y - cy) ** 2 + (z - cz) ** 2)
+        inside = distance <= sphere.diameter_mm / 2 - 2.0
+        if inside.any():  # the MR there is the sphere's tissue (times the bias field)
+            level = MR_SPHERE_INTENSITY[sphere.tissue]
+            assert abs(float(np.median(mr[inside])) - level) < 0.25 * max(level, 0.2)
+        near |= distance <= sphere.diameter_mm / 2 + 8.0
+    lesions = ndimage.binary_dilation(phantom.labels >= LESION_BASE, iterations=4)
+    assert lesions.any()
+    # Away from the spheres and the lesions, the MR is the phantom's (same noise and bias).
+    assert np.allclose(mr[~near & ~lesions], phantom.mr[~near & ~lesions], rtol=0, atol=1e-5)
+    # Where a lesion is, the MR shows the host tissue, not the lesion.
+    assert np.abs(mr[lesions & ~near] - phantom.mr[lesions & ~near]).max() > 0.05
+
+
+def test_mismatched_mr_needs_a_brain(small: dict[str, Phantom]) -> None:
+    with pytest.raises(ValueError, match="needs a brain phantom"):
+        mismatched_mr(small["body"])

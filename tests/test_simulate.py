@@ -58,6 +58,17 @@ def test_dose_levels_have_poisson_mean_and_variance() -> None:
     assert bool((levels[20] <= levels[1]).all()) and bool((levels[4] <= levels[1]).all())
 
 
+def test_dose_levels_nested_subsets_share_counts() -> None:
+    expected = torch.full((400, 500), 40.0)
+    levels = dose_levels(expected, (20, 4, 10), torch.Generator().manual_seed(3))
+    assert bool((levels[20] <= levels[10]).all()) and bool((levels[10] <= levels[4]).all())
+    y4, y20 = levels[4].double(), levels[20].double()
+    # Nested: y_4 = y_20 + an independent Poisson remainder, so Cov(y_4, y_20) = Var(y_20)
+    # = 40/20; thinning both from y_1 independently would give 40/(4*20) = 0.5.
+    cov = float(((y4 - y4.mean()) * (y20 - y20.mean())).mean())
+    assert cov == pytest.approx(40.0 / 20, rel=0.05)
+
+
 def test_expected_counts_scale_linearly_with_activity_and_frame_time() -> None:
     image = ImageGeometry(nx=32, ny=32, pixel_mm=4.0, n_planes=2, plane_mm=3.0)
     x = torch.from_numpy(5000.0 * _cylinder(image, 40.0))

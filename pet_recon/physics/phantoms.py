@@ -108,6 +108,7 @@ __all__ = [
     "brain",
     "ct_to_mu",
     "make_phantom",
+    "mismatched_mr",
     "nema",
 ]
 
@@ -1282,6 +1283,56 @@ def _paint_mr_spheres(canvas: _Canvas, spheres: Sequence[MrSphere]) -> None:
         cover, region = found
         view = canvas.mr[region]
         view += cover * (MR_SPHERE_INTENSITY[sphere.tissue] - view)
+
+
+MISMATCH_SEED = 11
+"""First entry of the seed sequence of :func:`mismatched_mr`'s draws (with the case seed)."""
+
+MISMATCH_DIAMETERS_MM = (6.0, 20.0)
+"""Range of the diameters of :func:`mismatched_mr`'s MR-only spheres."""
+
+
+def mismatched_mr(phantom: Phantom) -> tuple[np.ndarray, list[MrSphere]]:
+    """A brain phantom's MR re-rendered so that it disagrees with the PET: for training the
+    anatomical branch not to copy anatomy into function (issue #7's leak guard).
+
+    The MR is rendered again from the phantom's seed and tracer (:func:`brain`) without the
+    lesions (``mr_lesions=False``: PET-only lesions) and with 1-3 :class:`MrSphere` of a
+    random :data:`MR_SPHERE_INTENSITY` tissue, a diameter drawn uniformly from
+    :data:`MISMATCH_DIAMETERS_MM` and a centre on a random voxel of brain tissue (grey, white,
+    deep grey matter or cerebellum): structures the MR shows and the PET has no uptake for.
+    Misregistration, bias field and noise are those of ``phantom.mr``. Draws come from
+    ``np.random.default_rng([MISMATCH_SEED, seed])``.
+
+    Parameters
+    ----------
+    phantom : Phantom
+        A phantom made by :func:`brain` (its ``info`` gives the seed and the tracer).
+
+    Returns
+    -------
+    mr : numpy.ndarray
+        float32, ``phantom.geometry.shape``, the mismatched MR (a.u.).
+    spheres : list of MrSphere
+        The MR-only spheres (empty when the slab holds no brain tissue).
+    """
+    if phantom.info.get("family") != "brain":
+        raise ValueError(f"mismatched_mr needs a brain phantom, got {phantom.info.get('family')}")
+    seed = int(phantom.info["seed"])
+    rng = np.random.default_rng([MISMATCH_SEED, seed])
+    g = phantom.geometry
+    tissue = np.argwhere(np.isin(phantom.labels, (Label.GREY_MATTER, Label.WHITE_MATTER,
+                                                  Label.DEEP_GREY, Label.CEREBELLUM)))
+    spheres: list[MrSphere] = []
+    if len(tissue):
+        kinds = sorted(MR_SPHERE_INTENSITY)
+        for _ in range(int(rng.integers(1, 4))):
+            z, y, x = tissue[rng.integers(len(tissue))]
+            spheres.append(MrSphere(
+                (float(g.x_mm()[x]), float(g.y_mm()[y]), float(g.z_mm()[z])),
+                float(rng.uniform(*MISMATCH_DIAMETERS_MM)), str(kinds[rng.integers(len(kinds))])))
+    mr = brain(g, seed, phantom.info["tracer"], mr_lesions=False, mr_spheres=spheres).mr
+    return mr, spheres
 
 
 def _paint_exterior(

@@ -351,10 +351,15 @@ def simulate_case(
 
 def dose_levels(expected: torch.Tensor, drfs: tuple[int, ...],
                 generator: torch.Generator) -> dict[int, torch.Tensor]:
-    """Full-dose prompts drawn once, every dose level thinned from them.
+    """Full-dose prompts drawn once, the dose levels thinned from them in nested subsets.
 
-    ``y_1 ~ Poisson(y_bar)`` and ``y_k ~ Binomial(y_1, 1/k)``, so ``y_k ~ Poisson(y_bar/k)``
-    (thinning of a Poisson variable) and all levels are aligned, as list-mode subsampling.
+    ``y_1 ~ Poisson(y_bar)``; with the factors sorted, ``k_1 < k_2 < ...``, each level is
+    thinned from the previous one, ``y_{k_i} ~ Binomial(y_{k_{i-1}}, k_{i-1} / k_i)``
+    (``k_0 = 1``), so ``y_k ~ Poisson(y_bar / k)`` (thinning of a Poisson variable) and
+    every count kept at 1/k dose is kept at each higher dose too: ``y_20 <= y_10 <= y_4``
+    bin by bin, as when one list-mode acquisition is sub-sampled into ever shorter frames.
+    An intermediate dose level therefore shares the low-dose input's counts, which is what
+    the MAP-Diff anchors need (``docs/map-diff.md``).
 
     Parameters
     ----------
@@ -372,8 +377,11 @@ def dose_levels(expected: torch.Tensor, drfs: tuple[int, ...],
     """
     full = torch.poisson(expected.detach().float().cpu(), generator=generator)
     levels = {1: full}
-    for k in drfs:
-        levels[k] = torch.binomial(full, torch.full_like(full, 1.0 / k), generator=generator)
+    previous = 1
+    for k in sorted(set(drfs)):
+        levels[k] = torch.binomial(levels[previous],
+                                   torch.full_like(full, previous / k), generator=generator)
+        previous = k
     return levels
 
 
