@@ -1,13 +1,16 @@
 """The anatomy study of ``petrecon bench --anatomy-study`` (issue #7, M2Diff).
 
-Does an MR of the patient help the cascade, and does the MR leak into the PET? Brain cases
-of the test seeds (``9 + 10 i``) are simulated for each tracer of :data:`TRACERS` (FDG with
-its hypometabolic cortical regions; amyloid-positive). At every dose level the cascade
-restores the same low-dose volume five times (:data:`RUNS`): PET only; with the case's MR;
-with the MR rendered without the lesions; with the MR holding synthetic structures the PET
-does not have; and with the MR again under the next seed, as a noise reference. Every MR is
-written as a DICOM MR series in its own frame of reference, so each run registers it to the
-PET (the default of ``reconstruct --anatomy``). Scores, against the full-dose image:
+Does an MR (or a CT) of the patient help the cascade, and does the MR leak into the PET?
+Brain cases of the test seeds (``9 + 10 i``) are simulated for each tracer of
+:data:`TRACERS` (FDG with its hypometabolic cortical regions; amyloid-positive). At every dose
+level the cascade restores the same low-dose volume five times (:data:`RUNS`): PET only; with
+the case's MR; with the MR rendered without the lesions; with the MR holding synthetic
+structures the PET does not have; and with the MR again under the next seed, as a noise
+reference; and, when the weights hold the CT branch, a sixth time with the case's CT
+(:data:`CT_RUNS`). Every MR is written as a DICOM MR series in its own frame of reference,
+so each run registers it to the PET (the default of ``reconstruct --anatomy``); the CT, in
+the PET's frame of reference (a PET/CT), is not registered. Scores, against the full-dose
+image:
 
 - the benchmark's :func:`~pet_recon.benchmark.score` (PSNR, SSIM, lesion SUVmax bias, ...);
 - FDG: the mean SUV bias in each hypometabolic region's grey matter
@@ -51,7 +54,7 @@ from pet_recon.benchmark import (
 from pet_recon.cascade import ANATOMY_FILES, Cascade
 from pet_recon.errors import PetReconError
 from pet_recon.physics.phantoms import LESION_BASE, Label, MrSphere, Phantom, make_phantom
-from pet_recon.physics.simulate import write_mr_series
+from pet_recon.physics.simulate import write_ct_series, write_mr_series
 from pet_recon.pipeline import CascadeOptions, _restore_mig_dm
 
 #: Brain tracers of the study (``simulate_case``'s ``phantom_kwargs["tracer"]``).
@@ -61,7 +64,8 @@ WITH_MR = "with MR"
 LESIONS_REMOVED = "with MR, lesions removed"
 STRUCTURES_ADDED = "with MR, structures added"
 NOISE_REFERENCE = "with MR, next seed"
-#: The cascade runs of a case and dose level: name -> (MR variant or None, seed offset).
+WITH_CT = "with CT"
+#: The cascade runs of a case and dose level: name -> (anatomy series or None, seed offset).
 RUNS: dict[str, tuple[str | None, int]] = {
     PET_ONLY: (None, 0),
     WITH_MR: ("mr", 0),
@@ -69,6 +73,8 @@ RUNS: dict[str, tuple[str | None, int]] = {
     STRUCTURES_ADDED: ("mr-with-structures", 0),
     NOISE_REFERENCE: ("mr", 1),
 }
+#: Added to :data:`RUNS` when the weights hold the CT branch (:func:`study_runs`).
+CT_RUNS: dict[str, tuple[str | None, int]] = {WITH_CT: ("ct", 0)}
 #: MR tissue of the synthetic structures of leak check 2, one structure each: dark like CSF
 #: (a cyst: no uptake) or grey-matter-like (hot on FDG), in white matter.
 STRUCTURE_TISSUES = ("csf", "grey matter", "csf")
@@ -100,6 +106,12 @@ def check_anatomy_weights(weights: Path | None, device: torch.device) -> None:
         raise PetReconError(f"{weights or weights_dir()}: --anatomy-study needs the "
                             f"anatomy-guided SD2 ({' and '.join(ANATOMY_FILES.values())}; "
                             "petrecon train anatomy), which these weights do not have")
+
+
+def study_runs(weights: Path | None, device: torch.device) -> dict[str, tuple[str | None, int]]:
+    """:data:`RUNS`, plus :data:`CT_RUNS` when the weights hold the CT branch."""
+    anatomy = Cascade.load(weights, device).anatomy
+    return RUNS | (CT_RUNS if anatomy is not None and "CT" in anatomy.available else {})
 
 
 # ----------------------------------------------------------------------------- VOIs
@@ -243,10 +255,11 @@ def _finite(value: float) -> float | None:
 
 @dataclass
 class _Study:
-    """A brain case of the study with its MR variants written as DICOM MR series."""
+    """A brain case of the study with its MR variants and its CT written as DICOM series
+    (``series``: ``mr``, ``mr-without-lesions``, ``mr-with-structures``, ``ct``)."""
 
     case: _Case
-    mr: dict[str, Path]
+    series: dict[str, Path]
     structures: list[MrSphere]
     structure_labels: np.ndarray
     hypometabolic_labels: np.ndarray
@@ -271,7 +284,8 @@ class _Study:
 
 def _study(tracer: str, seed: int, opts: BenchOptions, device: torch.device, tmp: Path
            ) -> _Study:
-    """Simulate the case, render its MR variants, write the three MR series into ``tmp``."""
+    """Simulate the case, render its MR variants, write the three MR series and the CT series
+    into ``tmp``."""
     tmp.mkdir(parents=True)
     case = _make_case("brain", seed, opts.drfs, opts.slices, device, tmp,
                       phantom_kwargs={"tracer": tracer})
@@ -284,23 +298,27 @@ def _study(tracer: str, seed: int, opts: BenchOptions, device: torch.device, tmp
         "mr-with-structures": make_phantom("brain", sim.image, seed, tracer=tracer,
                                            mr_spheres=structures).mr,
     }
-    study_uid = next(iter(case.metas.values())).source.study_instance_uid
-    mr = {}
+    pet = next(iter(case.metas.values())).source
+    series = {}
     for number, (name, volume) in enumerate(volumes.items(), start=100):
-        mr[name] = tmp / name
-        write_mr_series(sim, mr[name], study_uid, number, volume)
-    return _Study(case, mr, structures, structure_vois(sim.phantom, structures),
+        series[name] = tmp / name
+        write_mr_series(sim, series[name], pet.study_instance_uid, number, volume)
+    series["ct"] = tmp / "ct"
+    write_ct_series(sim, series["ct"], pet.study_instance_uid, str(pet.frame_of_reference_uid),
+                    100 + len(volumes))
+    return _Study(case, series, structures, structure_vois(sim.phantom, structures),
                   hypometabolic_vois(sim.phantom))
 
 
-def _restore(study: _Study, drf: int, cascade_opts: CascadeOptions
+def _restore(study: _Study, drf: int, cascade_opts: CascadeOptions,
+             runs: dict[str, tuple[str | None, int]]
              ) -> dict[str, tuple[np.ndarray, float, dict[str, Any]]]:
-    """Every run of :data:`RUNS`: name -> (SUV volume, seconds, the cascade's details)."""
+    """Every run of ``runs``: name -> (SUV volume, seconds, the cascade's details)."""
     case = study.case
     base = replace(cascade_opts, drf=drf, sino=case.sinos[drf])
     outputs = {}
-    for name, (variant, seed_offset) in RUNS.items():
-        opts = replace(base, anatomy=None if variant is None else study.mr[variant],
+    for name, (variant, seed_offset) in runs.items():
+        opts = replace(base, anatomy=None if variant is None else study.series[variant],
                        seed=base.seed + seed_offset)
         t0 = time.perf_counter()
         volume, details, _ = _restore_mig_dm(case.suv(drf), case.metas[drf], opts, [],
@@ -386,9 +404,9 @@ def run_anatomy_study(opts: BenchOptions, cascade_opts: CascadeOptions, device: 
     cascade_opts : CascadeOptions
         The benchmark's cascade options (weights with the anatomy-guided SD2, device, seed).
     device : torch.device
-        Where the simulation runs.
+        Where the simulation runs (and the weights are inspected for the CT branch).
     tmp : Path
-        Temporary folder for sinograms and MR series.
+        Temporary folder for sinograms and MR and CT series.
     say : callable
         Progress messages.
 
@@ -397,24 +415,26 @@ def run_anatomy_study(opts: BenchOptions, cascade_opts: CascadeOptions, device: 
     dict
         The JSON's ``"anatomy"``: ``tracers``, ``drfs``, ``test_seeds``, ``studies`` (per
         tracer, each case's lesions, regions, structures and MR misregistration), ``cases``
-        (tracer -> DRF -> run name -> one row per case: :func:`~pet_recon.benchmark.score`'s
-        metrics, ``hypometabolic_mean_bias``, ``normal_cortex_mean_bias``, ``seconds``,
-        ``seed`` and, with MR, the ``registration`` found), ``leak_lesions`` and
-        ``leak_structures`` (tracer -> DRF -> one entry per case).
+        (tracer -> DRF -> run name, :data:`RUNS` and, with the CT branch, :data:`CT_RUNS`
+        -> one row per case: :func:`~pet_recon.benchmark.score`'s metrics,
+        ``hypometabolic_mean_bias``, ``normal_cortex_mean_bias``, ``seconds``, ``seed`` and,
+        with an anatomy, the ``registration`` found, None for the CT), ``leak_lesions`` and
+        ``leak_structures`` (tracer -> DRF -> one entry per case; MR only).
     """
     seeds = [9 + 10 * i for i in range(opts.cases)]
+    runs = study_runs(cascade_opts.weights, device)
     result: dict[str, Any] = {"tracers": list(TRACERS), "drfs": list(opts.drfs),
-                              "test_seeds": seeds, "runs": list(RUNS), "studies": {},
+                              "test_seeds": seeds, "runs": list(runs), "studies": {},
                               "cases": {}, "leak_lesions": {}, "leak_structures": {}}
     for t, tracer in enumerate(TRACERS):
         for seed in seeds:
-            say(f"anatomy study: brain {tracer} seed {seed}: simulation and MR series")
+            say(f"anatomy study: brain {tracer} seed {seed}: simulation, MR and CT series")
             study = _study(tracer, seed, opts, device, tmp / f"anatomy-{t}-{seed}")
             result["studies"].setdefault(tracer, []).append(study.describe())
             for k in opts.drfs:
                 say(f"anatomy study: brain {tracer} seed {seed} DRF {k}: cascade without and "
-                    "with MR")
-                outputs = _restore(study, k, cascade_opts)
+                    f"with {' and '.join(['MR', 'CT'][:1 + (WITH_CT in runs)])}")
+                outputs = _restore(study, k, cascade_opts, runs)
                 rows = {}
                 for name, (volume, seconds, details) in outputs.items():
                     anatomy = details.get("anatomy")
@@ -445,14 +465,15 @@ def anatomy_table(anatomy: dict[str, Any]) -> list[str]:
     """Markdown lines of the study: methods by tracer and DRF (medians over cases), then one
     table per leak check (every case)."""
     lines = ["", "Anatomy study (issue #7, M2Diff): brain cases, the cascade without and with "
-             "the MR (`docs/benchmark.md`); hypometabolic bias: mean SUV in the FDG "
+             "the MR (and the CT, when the weights have its branch; `docs/benchmark.md`, "
+             "`docs/anatomy.md`); hypometabolic bias: mean SUV in the FDG "
              "hypometabolic regions' grey matter against full dose (normal cortex: the grey "
              "matter away from them).", "",
              *table_header("tracer", "DRF", "method", "PSNR (dB)", "SSIM", "lesion SUVmax bias",
                            "hypometabolic mean bias", "normal cortex mean bias", "s/study")]
     for tracer, by_drf in anatomy["cases"].items():
         for drf, runs in by_drf.items():
-            for name in (PET_ONLY, WITH_MR):
+            for name in (n for n in (PET_ONLY, WITH_MR, WITH_CT) if n in runs):
                 m = {key: _median(runs[name], key) for key in (
                     "psnr_db", "ssim", "lesion_suvmax_bias", "hypometabolic_mean_bias",
                     "normal_cortex_mean_bias", "seconds")}

@@ -16,11 +16,12 @@ PET Reconstruction", arXiv:2512.22237, Sec. III.C:
 Optionally (MAP-Diff progressive output, ``docs/map-diff.md``) SD2's estimate of the clean
 image at each dose anchor's timestep ``t_k`` is returned as well.
 
-With an MR of the slices (M2Diff, Pain et al., arXiv:2603.09075; ``docs/anatomy.md``) and
-weights that hold the anatomy-guided SD2 (``sd2-anatomy.safetensors`` and
-``anatomy-branch.safetensors``, :data:`ANATOMY_FILES`), step 5 is done by that U-Net instead,
-with the MR branch's features (:class:`~pet_recon.models.anatomy.AnatomyBranch`) added to its
-guided encoder stages.
+With an MR or a CT of the slices (M2Diff, Pain et al., arXiv:2603.09075;
+``docs/anatomy.md``) and weights that hold the anatomy-guided SD2 (``sd2-anatomy.safetensors``
+and that modality's branch, ``anatomy-branch.safetensors`` for MR,
+``anatomy-branch-ct.safetensors`` for CT: :data:`ANATOMY_BRANCH_FILES`), step 5 is done by
+that U-Net instead, with the branch's features
+(:class:`~pet_recon.models.anatomy.AnatomyBranch`) added to its guided encoder stages.
 
 Intensities are in the space of :mod:`pet_recon.models.intensity` (``x = SUV / ref``).
 """
@@ -60,31 +61,91 @@ WEIGHT_FILES = {
     "sd2": "sd2.safetensors",
     "mi_encoder": "mi-encoder.safetensors",
 }
-#: Weights of the anatomy-guided SD2 (``petrecon train anatomy``), loaded when both exist.
-ANATOMY_FILES = {"unet": "sd2-anatomy.safetensors", "branch": "anatomy-branch.safetensors"}
+#: Branch of each anatomical modality of the anatomy-guided SD2 (one U-Net shared by all).
+ANATOMY_BRANCH_FILES = {"MR": "anatomy-branch.safetensors",
+                        "CT": "anatomy-branch-ct.safetensors"}
+#: The MR-guided SD2's files (``petrecon train anatomy``): the shared U-Net, the MR branch.
+ANATOMY_FILES = {"unet": "sd2-anatomy.safetensors", "branch": ANATOMY_BRANCH_FILES["MR"]}
 
 
 @dataclass
 class AnatomyGuidance:
-    """The anatomy-guided SD2: a U-Net like SD2 and the MR branch that feeds it.
+    """The anatomy-guided SD2: a U-Net like SD2 and the modality branches that feed it.
+
+    Branches are loaded (and verified against the folder's manifest) when first asked for
+    (:meth:`branch`), so a run loads only the one of its anatomy's modality.
 
     Attributes
     ----------
     unet : UNet
-        SD2's U-Net fine-tuned with the branch's ``stage_features``.
-    branch : AnatomyBranch
-        The MR branch.
-    hashes : dict
-        ``{file name: SHA-256}`` of :data:`ANATOMY_FILES`.
+        SD2's U-Net fine-tuned with the branches' ``stage_features``.
+    folder : Path
+        The weights folder.
+    neighbours : int
+        The cascade's neighbour planes (the branches must have been trained with them).
+    device : torch.device
+    unet_sha256 : str
+        SHA-256 of ``sd2-anatomy.safetensors``.
     extra : dict
-        The training record ``extra["anatomy"]`` of the U-Net's weights: ``modality``,
-        ``mr_normalisation``, ``aux_weight``, ``tissue_classes``, ...
+        The training record ``extra["anatomy"]`` of the U-Net's weights: ``modalities``
+        (``modality`` in weights from before CT), ``mr_normalisation``,
+        ``ct_normalisation``, ``aux_weight``, ``tissue_classes``, ...
+    branches : dict
+        ``{modality: (AnatomyBranch, SHA-256)}`` loaded so far.
     """
 
     unet: UNet
-    branch: AnatomyBranch
-    hashes: dict[str, str]
+    folder: Path
+    neighbours: int
+    device: torch.device
+    unet_sha256: str
     extra: dict[str, Any]
+    branches: dict[str, tuple[AnatomyBranch, str]] = field(default_factory=dict)
+
+    @property
+    def modalities(self) -> list[str]:
+        """The modalities the U-Net was trained with (``["MR"]`` for weights from before CT)."""
+        return list(self.extra.get("modalities", [self.extra.get("modality", "MR")]))
+
+    @property
+    def available(self) -> list[str]:
+        """The trained modalities whose branch file is in the folder."""
+        return [m for m in self.modalities if (self.folder / ANATOMY_BRANCH_FILES[m]).exists()]
+
+    def branch(self, modality: str) -> AnatomyBranch:
+        """The verified branch of ``modality`` (``"MR"`` or ``"CT"``), loaded once.
+
+        Raises
+        ------
+        PetReconError
+            In one line: the weights were not trained with that modality or lack its file,
+            the file fails verification, or it was trained with other neighbour planes.
+        """
+        if modality not in self.branches:
+            path = self.folder / ANATOMY_BRANCH_FILES[modality]
+            trained = ", ".join(self.modalities)
+            if modality not in self.modalities:
+                raise PetReconError(
+                    f"{path}: not found; the anatomy-guided SD2 of these weights was trained "
+                    f"with {trained} only (petrecon train anatomy --modality "
+                    f"{modality.lower()} adds its branch)")
+            if not path.exists():
+                raise PetReconError(f"{path}: not found; the anatomy-guided SD2 of these "
+                                    f"weights was trained with {trained}, but this branch "
+                                    "is not in the folder")
+            branch, _ = load_model(path, registry={"AnatomyBranch": AnatomyBranch},
+                                   device=self.device)
+            if branch.config["neighbours"] != self.neighbours:
+                raise PetReconError(f"{path}: trained with {branch.config['neighbours']} "
+                                    f"neighbour planes, the cascade with {self.neighbours}")
+            self.branches[modality] = (branch, sha256_file(path))  # type: ignore[assignment]
+        return self.branches[modality][0]
+
+    def hashes(self, modality: str) -> dict[str, str]:
+        """``{file name: SHA-256}`` of the two files a run with ``modality`` uses."""
+        self.branch(modality)
+        return {ANATOMY_FILES["unet"]: self.unet_sha256,
+                ANATOMY_BRANCH_FILES[modality]: self.branches[modality][1]}
 
 
 @dataclass
@@ -112,8 +173,10 @@ class Cascade:
     def load(cls, folder: Path | None, device: torch.device) -> Cascade:
         """Load and verify (SHA-256 against ``manifest.json``) the cascade's weights.
 
-        The anatomy-guided SD2 (:data:`ANATOMY_FILES`) is loaded, and verified in the same
-        way, when both of its files are in the folder; the PET-only SD2 is kept beside it.
+        The anatomy-guided SD2's U-Net (``sd2-anatomy.safetensors``) is loaded, and verified
+        in the same way, when the folder holds it and a branch
+        (:data:`ANATOMY_BRANCH_FILES`); the branches are loaded when a run asks for one
+        (:meth:`AnatomyGuidance.branch`). The PET-only SD2 is kept beside it.
 
         Parameters
         ----------
@@ -166,6 +229,7 @@ class Cascade:
         anchor_steps: Sequence[int] = (),
         anchor_images: dict[int, torch.Tensor] | None = None,
         anatomy: torch.Tensor | None = None,
+        modality: str = "MR",
         callback: Callable[[str, Any], None] | None = None,
         timings: dict[str, float] | None = None,
     ) -> torch.Tensor:
@@ -211,11 +275,15 @@ class Cascade:
         anchor_images : dict, optional
             Filled with ``{t_k: x0_hat}``; required when ``anchor_steps`` is given.
         anatomy : torch.Tensor, optional
-            ``(B, 2 * neighbours + 1, H, W)`` MR planes of the same slices on the same grid,
-            normalised by :func:`~pet_recon.models.anatomy.normalise_mr` (centre plane in
-            the middle channel). SD2's role (and its progressive estimates) is then played by
-            the anatomy-guided SD2 with the MR branch's features; None: exactly the PET-only
-            cascade. Needs weights with :data:`ANATOMY_FILES`.
+            ``(B, 2 * neighbours + 1, H, W)`` MR or CT planes of the same slices on the same
+            grid, normalised by :func:`~pet_recon.models.anatomy.normalise_mr` or
+            :func:`~pet_recon.models.anatomy.normalise_ct` (centre plane in the middle
+            channel). SD2's role (and its progressive estimates) is then played by the
+            anatomy-guided SD2 with the features of ``modality``'s branch; None: exactly the
+            PET-only cascade. Needs weights with ``sd2-anatomy.safetensors`` and that
+            modality's branch (:data:`ANATOMY_BRANCH_FILES`).
+        modality : {"MR", "CT"}
+            The modality of ``anatomy``.
         callback : callable, optional
             ``callback(stage, step_info)`` after every sampler step (``stage`` is "sd1" or
             "sd2").
@@ -240,7 +308,7 @@ class Cascade:
                                 f"training range), got {sorted(anchor_steps)}")
         if anatomy is not None and self.anatomy is None:
             raise PetReconError("anatomy given, but the weights hold no anatomy-guided SD2 ("
-                                f"{' and '.join(ANATOMY_FILES.values())}; petrecon train "
+                                f"{ANATOMY_FILES['unet']} and a branch; petrecon train "
                                 "anatomy)")
         if anatomy is not None and tuple(anatomy.shape) != tuple(low_dose.shape):
             raise PetReconError(f"anatomy planes {tuple(anatomy.shape)} do not match the "
@@ -261,7 +329,8 @@ class Cascade:
         if anatomy is not None and self.anatomy is not None:
             sd2 = self.anatomy.unet
             with self._autocast():
-                anatomy_features = self.anatomy.branch(anatomy.to(self.device, torch.float32))
+                anatomy_features = self.anatomy.branch(modality)(
+                    anatomy.to(self.device, torch.float32))
             clock.lap("anatomy_branch_s")
 
         def sd1_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -319,31 +388,30 @@ class Cascade:
 
 def _load_anatomy(folder: Path, registry: dict[str, Any], neighbours: int,
                   device: torch.device) -> AnatomyGuidance | None:
-    """The anatomy-guided SD2 of a weights folder (verified), None when it has neither file.
+    """The anatomy-guided SD2's U-Net of a weights folder (verified), None when the folder
+    has neither it nor a branch; its branches are loaded on demand.
 
     Raises
     ------
     PetReconError
-        Only one of the two files is there, a file fails verification, or the models were
-        trained with another number of neighbour planes than the cascade.
+        The U-Net is there without any branch or a branch without the U-Net, the U-Net
+        fails verification, or it was trained with other neighbour planes than the cascade.
     """
-    paths = {role: folder / name for role, name in ANATOMY_FILES.items()}
-    present = [p.name for p in paths.values() if p.exists()]
-    if not present:
+    unet_path = folder / ANATOMY_FILES["unet"]
+    branches = [name for name in ANATOMY_BRANCH_FILES.values() if (folder / name).exists()]
+    if not unet_path.exists() and not branches:
         return None
-    if len(present) < len(paths):
-        missing = [p.name for p in paths.values() if not p.exists()]
-        raise PetReconError(f"{folder}: {present[0]} without {missing[0]} (the anatomy-guided "
-                            "SD2 needs both)")
-    unet, extra = load_model(paths["unet"], registry=registry, device=device)
-    branch, _ = load_model(paths["branch"], registry=registry, device=device)
-    for path, n in ((paths["unet"], extra.get("neighbours")),
-                    (paths["branch"], branch.config["neighbours"])):
-        if n != neighbours:
-            raise PetReconError(f"{path}: trained with {n} neighbour planes, the cascade with "
-                                f"{neighbours}")
-    return AnatomyGuidance(unet=unet, branch=branch,  # type: ignore[arg-type]
-                           hashes={p.name: sha256_file(p) for p in paths.values()},
+    if not unet_path.exists() or not branches:
+        present, missing = ((branches[0], unet_path.name) if branches else
+                            (unet_path.name, " or ".join(ANATOMY_BRANCH_FILES.values())))
+        raise PetReconError(f"{folder}: {present} without {missing} (the anatomy-guided SD2 "
+                            "needs its U-Net and a branch)")
+    unet, extra = load_model(unet_path, registry=registry, device=device)
+    if extra.get("neighbours") != neighbours:
+        raise PetReconError(f"{unet_path}: trained with {extra.get('neighbours')} neighbour "
+                            f"planes, the cascade with {neighbours}")
+    return AnatomyGuidance(unet=unet, folder=folder, neighbours=neighbours,  # type: ignore[arg-type]
+                           device=device, unet_sha256=sha256_file(unet_path),
                            extra=dict(extra.get("anatomy", {})))
 
 

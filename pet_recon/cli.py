@@ -103,13 +103,13 @@ def reconstruct(
                                 "(MAP-Diff), in OUT/progressive/drf-k/.")
     ] = False,
     anatomy: Annotated[
-        Path | None, typer.Option(help="MR series of the patient (folder, zip): MR-guided SD2 "
-                                       "(M2Diff, docs/anatomy.md).")
+        Path | None, typer.Option(help="MR or CT series of the patient (folder, zip): MR- or "
+                                       "CT-guided SD2 (M2Diff, docs/anatomy.md).")
     ] = None,
     register: Annotated[
         bool | None, typer.Option("--register/--no-register",
-                                  help="Register the MR to the PET rigidly (default: only when "
-                                       "their frames of reference differ).")
+                                  help="Register the MR/CT to the PET rigidly (default: only "
+                                       "when their frames of reference differ).")
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     batch_size: Annotated[int, typer.Option(min=1, max=512, help="Slices at once.")] = 8,
@@ -360,6 +360,10 @@ def train(
                             help="anatomy: probability of a mismatched training MR (no lesions, "
                                  "MR-only spheres; 0 for shards made before it existed).")
     ] = 0.5,
+    modality: Annotated[
+        list[str] | None, typer.Option(help="anatomy: anatomical modality with a branch of its "
+                                            "own, mr or ct; repeat for both (default mr).")
+    ] = None,
 ) -> None:
     """Train one stage of the MiG-DM cascade (or the U-Net baseline) on simulated shards."""
     from pet_recon.training import STAGES, TrainOptions
@@ -372,7 +376,8 @@ def train(
         data=data, out=out_dir, steps=steps, device=_device(device), batch_size=batch_size,
         lr=lr, seed=seed, frozen=frozen, trust_frozen=trust_frozen, resume=resume, bf16=bf16,
         anchor_loss=anchor_loss, anchor_weight=anchor_weight, anchor_width=anchor_width,
-        aux_weight=aux_weight, families=tuple(family or ("brain",)), mismatch=mismatch))
+        aux_weight=aux_weight, families=tuple(family or ("brain",)), mismatch=mismatch,
+        modalities=tuple(modality or ("mr",))))
     typer.echo(json.dumps({k: report[k] for k in ("stage", "seconds", "weights", "metrics")}))
 
 

@@ -30,12 +30,16 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from pet_recon.meta.prompt import build_record, render_prompt
-from pet_recon.models.anatomy import normalise_mr
+from pet_recon.models.anatomy import MODALITIES, normalise_ct, normalise_mr
 from pet_recon.models.intensity import reference_value
-from pet_recon.physics.phantoms import mismatched_mr
+from pet_recon.physics.phantoms import mismatched_mr, rigid_move
 from pet_recon.physics.simulate import SimulatedCase, series_meta
 
 SPLITS = ("train", "val", "test")
+#: CT misregistration of :class:`SliceStream` (per case): rotations N(0, 1 deg) about each
+#: axis clipped to +-2 deg, translations N(0, 1.5 mm) along each axis clipped to +-3 mm.
+CT_ROTATION_SD_DEG, CT_ROTATION_MAX_DEG = 1.0, 2.0
+CT_SHIFT_SD_MM, CT_SHIFT_MAX_MM = 1.5, 3.0
 
 
 def split_of(seed: int) -> str:
@@ -121,7 +125,7 @@ class SliceStream(torch.utils.data.IterableDataset):
     full-dose level (``sino_ld * k``), ``drf`` (float), ``ref`` (the case's intensity
     reference at that dose level, :func:`pet_recon.models.intensity.reference_value`, SUV),
     plus ``prompt`` (str) and ``case_id``; with ``with_levels`` also ``levels``; with
-    ``with_anatomy`` also ``anatomy`` and ``labels``.
+    ``with_anatomy`` also ``anatomy``, ``labels`` and ``modality``.
 
     Parameters
     ----------
@@ -149,30 +153,46 @@ class SliceStream(torch.utils.data.IterableDataset):
         (:mod:`pet_recon.diffusion.anchors`). Off by default: items and the shuffling
         order are the same with it on or off.
     with_anatomy : bool
-        Add the anatomical input of the MR-guided SD2 (:mod:`pet_recon.models.anatomy`):
-        ``anatomy`` ``(2 * neighbours + 1, ny, nx)`` float32, the MR planes (neighbours as
-        for ``ld``) divided by the case's :func:`~pet_recon.models.anatomy.normalise_mr`
-        scale, and ``labels`` ``(ny, nx)`` int64, the phantom label ids of the plane. Shards
-        without ``mr`` and ``labels`` are skipped. Off by default: items and the shuffling
-        order are the same with it on or off.
+        Add the anatomical input of the anatomy-guided SD2 (:mod:`pet_recon.models.anatomy`):
+        ``modality`` (str, ``"MR"`` or ``"CT"``), ``anatomy`` ``(2 * neighbours + 1, ny,
+        nx)`` float32, the MR planes (neighbours as for ``ld``) divided by the case's
+        :func:`~pet_recon.models.anatomy.normalise_mr` scale or the CT planes mapped by
+        :func:`~pet_recon.models.anatomy.normalise_ct`, and ``labels`` ``(ny, nx)`` int64,
+        the phantom label ids of the plane. Shards without ``labels`` or a volume of
+        ``modalities`` (``mr``, ``ct``) are skipped. Off by default: items and the
+        shuffling order are the same with it on or off.
     mismatch : float
-        With ``with_anatomy``: the probability that a case's ``anatomy`` comes from its
+        With ``with_anatomy``: the probability that a case's MR ``anatomy`` comes from its
         ``mr_mismatch`` volume (the MR without the lesions and with MR-only spheres) instead
         of ``mr``, drawn once per case and pass from its own generator, so items and order
-        are the same for any value. Shards without ``mr_mismatch`` are skipped when > 0.
+        are the same for any value. Shards without ``mr_mismatch`` are skipped when > 0 and
+        MR is among ``modalities``.
+    modalities : tuple of str
+        With ``with_anatomy``: the anatomical modalities (:data:`~pet_recon.models.anatomy.
+        MODALITIES`). Each case, per pass, uses one of them, drawn uniformly from the case's
+        own generator, after the ``mismatch`` draw and a small rigid transform
+        (:func:`ct_misregistration`) that moves the case's CT: items and order are the same
+        for any ``modalities`` (MR items exactly as before CT existed, a case's CT the same
+        whether MR is drawn from too), and the branch learns from imperfectly aligned CT.
     """
 
     def __init__(self, root: Path, split: str, *, families: tuple[str, ...] | None = None,
                  drfs: tuple[int, ...] | None = None, neighbours: int = 1, seed: int = 0,
                  shuffle: bool = True, cases_in_flight: int = 8, with_levels: bool = False,
-                 with_anatomy: bool = False, mismatch: float = 0.0) -> None:
+                 with_anatomy: bool = False, mismatch: float = 0.0,
+                 modalities: tuple[str, ...] = ("MR",)) -> None:
         super().__init__()
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         if not 0.0 <= mismatch <= 1.0:
             raise ValueError(f"mismatch must be a probability, got {mismatch}")
-        needed = ({"mr", "labels"} | ({"mr_mismatch"} if mismatch > 0 else set())
-                  if with_anatomy else set())
+        if not modalities or not set(modalities) <= set(MODALITIES):
+            raise ValueError(f"modalities must be among {MODALITIES}, got {modalities}")
+        needed = set()
+        if with_anatomy:
+            needed = {"labels", *(m.lower() for m in modalities)}
+            if mismatch > 0 and "MR" in modalities:
+                needed.add("mr_mismatch")
         patterns = [f"{family}-*.safetensors" for family in families] if families else [
             "*.safetensors"]
         folder = Path(root) / split
@@ -188,6 +208,7 @@ class SliceStream(torch.utils.data.IterableDataset):
         self.cases_in_flight = max(1, cases_in_flight) if shuffle else 1
         self.with_levels = with_levels
         self.with_anatomy, self.mismatch = with_anatomy, mismatch
+        self.modalities = tuple(dict.fromkeys(modalities))
 
     def set_epoch(self, epoch: int) -> None:
         """Change the shuffling order for the next pass."""
@@ -222,11 +243,7 @@ class SliceStream(torch.utils.data.IterableDataset):
         spacing = (record["pixel_mm"], record["pixel_mm"], record["plane_mm"])
         refs = {k: reference_value(levels[k][0].float().numpy(), spacing) for k in drfs}
         if self.with_anatomy:
-            draw = random.Random(f"{self.seed}-{self.epoch}-{record['case_id']}").random()
-            source = "mr_mismatch" if draw < self.mismatch else "mr"
-            with safe_open(str(path), framework="pt") as f:
-                mr, _ = normalise_mr(f.get_tensor(source).float().numpy(), spacing)
-            anatomy = torch.from_numpy(mr)
+            modality, anatomy = self._anatomy(path, record, spacing)
         planes = list(range(fixed["fd"].shape[0]))
         if self.shuffle:
             rng.shuffle(planes)
@@ -253,7 +270,50 @@ class SliceStream(torch.utils.data.IterableDataset):
             if self.with_anatomy:
                 item["anatomy"] = anatomy[idx]
                 item["labels"] = labels[p].long()
+                item["modality"] = modality
             yield item
+
+    def _anatomy(self, path: Path, record: dict[str, object],
+                 spacing: tuple[float, float, float]) -> tuple[str, torch.Tensor]:
+        """The modality a case uses in this pass and its normalised volume
+        ``(planes, ny, nx)`` float32, both from the case's own generator."""
+        draws = random.Random(f"{self.seed}-{self.epoch}-{record['case_id']}")
+        mismatched = draws.random() < self.mismatch
+        rotation, shift = ct_misregistration(draws)
+        modality = draws.choice(self.modalities)
+        with safe_open(str(path), framework="np") as f:
+            if modality == "MR":
+                volume, _ = normalise_mr(
+                    f.get_tensor("mr_mismatch" if mismatched else "mr").astype(np.float32),
+                    spacing)
+            else:
+                volume = normalise_ct(rigid_move(f.get_tensor("ct").astype(np.float32),
+                                                 spacing[::-1], rotation, shift))
+        return modality, torch.from_numpy(volume)
+
+
+def ct_misregistration(draws: random.Random) -> tuple[np.ndarray, np.ndarray]:
+    """A random small rigid PET/CT misregistration for :func:`~pet_recon.physics.phantoms.
+    rigid_move`.
+
+    Parameters
+    ----------
+    draws : random.Random
+        The case's generator (six Gaussian draws: three angles, then three shifts).
+
+    Returns
+    -------
+    rotation_deg : np.ndarray
+        ``(3,)`` float64 angles about x, y, z, N(0, :data:`CT_ROTATION_SD_DEG`) clipped to
+        +-:data:`CT_ROTATION_MAX_DEG` degrees.
+    translation_mm : np.ndarray
+        ``(3,)`` float64 shifts along x, y, z, N(0, :data:`CT_SHIFT_SD_MM`) clipped to
+        +-:data:`CT_SHIFT_MAX_MM` mm.
+    """
+    rotation = [draws.gauss(0.0, CT_ROTATION_SD_DEG) for _ in range(3)]
+    shift = [draws.gauss(0.0, CT_SHIFT_SD_MM) for _ in range(3)]
+    return (np.clip(rotation, -CT_ROTATION_MAX_DEG, CT_ROTATION_MAX_DEG),
+            np.clip(shift, -CT_SHIFT_MAX_MM, CT_SHIFT_MAX_MM))
 
 
 def _holds(path: Path, names: set[str]) -> bool:

@@ -122,14 +122,16 @@ class CascadeOptions:
         the anchor's timestep ``t_k`` (``docs/map-diff.md``), written as one more derived
         series per anchor.
     anatomy : Path or None
-        Folder, zip or file with an MR series of the patient (``docs/anatomy.md``): brought
-        onto the PET grid (:func:`pet_recon.io.anatomy.prepare_anatomy`), then onto the
-        model's grid like the PET, normalised (:func:`pet_recon.models.anatomy.normalise_mr`)
-        and given to the anatomy-guided SD2 (M2Diff), which then replaces SD2. Needs weights
-        with the anatomy files (``petrecon train anatomy``).
+        Folder, zip or file with an MR or CT series of the patient (``docs/anatomy.md``):
+        brought onto the PET grid (:func:`pet_recon.io.anatomy.prepare_anatomy`), then onto
+        the model's grid like the PET, normalised
+        (:func:`pet_recon.models.anatomy.normalise_mr` or
+        :func:`~pet_recon.models.anatomy.normalise_ct`) and given to the anatomy-guided SD2
+        (M2Diff) with that modality's branch, which then replaces SD2. Needs weights with
+        ``sd2-anatomy.safetensors`` and the modality's branch (``petrecon train anatomy``).
     register : bool or None
-        With ``anatomy``: rigid registration of the MR to the PET; None (default) only when
-        their frames of reference differ, True always, False never.
+        With ``anatomy``: rigid registration of the MR or CT to the PET; None (default) only
+        when their frames of reference differ, True always, False never.
     """
 
     sino: Path | None = None
@@ -241,29 +243,42 @@ MR_LEAK_WARNING = ("anatomy: MR guidance is experimental: in the benchmark's lea
                    "structures seen only on the MR changed the restored uptake there "
                    "(docs/benchmark.md, anatomy study); do not read uptake where MR and PET "
                    "disagree")
+#: Said in every CT-guided run's warnings: the leak checks have been run with MR only.
+CT_LEAK_WARNING = ("anatomy: CT guidance is experimental: the benchmark's leak checks were "
+                   "run with MR only; do not read uptake where CT and PET disagree")
 
 
 def _anatomy_planes(opts: CascadeOptions, cascade: Cascade, volume: np.ndarray,
                     meta: SeriesMeta, grid: VolumeGeometry, warnings: list[str]
                     ) -> tuple[np.ndarray, dict[str, object]]:
-    """The MR of ``opts.anatomy`` as the anatomy-guided SD2's input, and its report entry.
+    """The MR or CT of ``opts.anatomy`` as the anatomy-guided SD2's input, its report entry.
 
-    The MR is read, registered when needed and resampled onto the PET grid
+    The series is read, registered when needed and resampled onto the PET grid
     (:func:`~pet_recon.io.anatomy.prepare_anatomy`, with the PET ``volume`` on ``meta``'s grid
     as the fixed image), moved to the model's ``grid`` by the same resampling as the PET,
-    normalised (:func:`~pet_recon.models.anatomy.normalise_mr`) and neighbour-stacked.
+    normalised (:func:`~pet_recon.models.anatomy.normalise_mr` for MR,
+    :func:`~pet_recon.models.anatomy.normalise_ct` for CT) and neighbour-stacked. Only the
+    branch of its modality is loaded (:meth:`~pet_recon.cascade.AnatomyGuidance.branch`).
 
     Returns
     -------
     planes : np.ndarray
-        ``(slices, 2 * neighbours + 1, matrix, matrix)`` float32 normalised MR.
+        ``(slices, 2 * neighbours + 1, matrix, matrix)`` float32 normalised MR or CT.
     entry : dict
-        ``prepare_anatomy``'s report, the normalisation's ``scale`` (MR units) and the
-        anatomy weights used (``weights_sha256``: file name -> SHA-256).
+        ``prepare_anatomy``'s report (``modality``: ``MR`` or ``CT``), the normalisation
+        (MR: ``scale`` in MR units and ``percentile``; CT: the fixed map) and the anatomy
+        weights used (``weights_sha256``: file name -> SHA-256 of the U-Net and the branch).
     """
     from pet_recon.cascade import ANATOMY_FILES, neighbour_stack
     from pet_recon.io.anatomy import prepare_anatomy
-    from pet_recon.models.anatomy import MR_PERCENTILE, normalise_mr
+    from pet_recon.models.anatomy import (
+        CT_OFFSET_HU,
+        CT_RANGE,
+        CT_SCALE_HU,
+        MR_PERCENTILE,
+        normalise_ct,
+        normalise_mr,
+    )
     from pet_recon.weights import weights_dir
 
     if cascade.anatomy is None:
@@ -271,19 +286,22 @@ def _anatomy_planes(opts: CascadeOptions, cascade: Cascade, volume: np.ndarray,
                             f"SD2 ({' and '.join(ANATOMY_FILES.values())}; petrecon train "
                             "anatomy), which these weights do not have")
     anatomy, report = prepare_anatomy(opts.anatomy, volume, meta, register=opts.register)
-    trained_on = cascade.anatomy.extra.get("modality", "MR")
-    if report["modality"] != trained_on:
-        raise PetReconError(f"{opts.anatomy}: a {report['modality']} series; the anatomy "
-                            f"weights were trained on {trained_on}")
+    modality = str(report["modality"])
+    hashes = cascade.anatomy.hashes(modality)  # loads and verifies the branch, or refuses
     warnings.extend(f"anatomy: {text}" for text in report["warnings"])
-    warnings.append(MR_LEAK_WARNING)
+    warnings.append(MR_LEAK_WARNING if modality == "MR" else CT_LEAK_WARNING)
     on_grid = resample_volume(anatomy, meta.geometry, grid, default=report["outside_value"])
-    try:
-        normalised, scale = normalise_mr(on_grid, grid.spacing)
-    except ValueError as exc:
-        raise PetReconError(f"{opts.anatomy}: {exc}") from None
-    entry = {**report, "normalisation": {"scale": scale, "percentile": MR_PERCENTILE},
-             "weights_sha256": cascade.anatomy.hashes}
+    if modality == "CT":
+        normalised = normalise_ct(on_grid)
+        normalisation: dict[str, object] = {"offset_hu": CT_OFFSET_HU, "scale_hu": CT_SCALE_HU,
+                                            "clip": list(CT_RANGE)}
+    else:
+        try:
+            normalised, scale = normalise_mr(on_grid, grid.spacing)
+        except ValueError as exc:
+            raise PetReconError(f"{opts.anatomy}: {exc}") from None
+        normalisation = {"scale": scale, "percentile": MR_PERCENTILE}
+    entry = {**report, "normalisation": normalisation, "weights_sha256": hashes}
     return neighbour_stack(normalised, cascade.neighbours), entry
 
 
@@ -365,7 +383,8 @@ def _restore_mig_dm(volume_suv: np.ndarray, meta: SeriesMeta, opts: CascadeOptio
                 sampler=opts.sampler, generator=generator, use_sinogram=opts.use_sinogram,
                 use_prompt=opts.use_prompt, sd2_first=opts.sd2_first, noise=noise,
                 anchor_steps=sorted(set(levels.values())), anchor_images=anchor_images,
-                anatomy=planes, timings=stage_s)
+                anatomy=planes, modality=str((anatomy_entry or {}).get("modality", "MR")),
+                timings=stage_s)
             out[start:stop] += restored[:, 0].float().cpu().numpy() * (ref / opts.samples)
             for k, t_k in levels.items():
                 anchor_out[k][start:stop] += (anchor_images[t_k][:, 0].float().cpu().numpy()
@@ -412,11 +431,13 @@ def _restore_mig_dm(volume_suv: np.ndarray, meta: SeriesMeta, opts: CascadeOptio
 METHODS = ("mig-dm", "gaussian")
 
 
-def _derivation(method: str, fwhm_mm: float, cascade: CascadeOptions) -> str:
+def _derivation(method: str, fwhm_mm: float, cascade: CascadeOptions,
+                modality: str | None) -> str:
+    """The derived series' Derivation Description; ``modality`` of the anatomy or None."""
     text = f"petrecon {pet_recon.__version__}: low-dose PET restoration, method {method}"
     if method == "gaussian":
         return text + f", 3D Gaussian FWHM {fwhm_mm:g} mm"
-    sd2 = "MR-guided SD2 (M2Diff)" if cascade.anatomy is not None else "SD2"
+    sd2 = f"{modality}-guided SD2 (M2Diff)" if modality is not None else "SD2"
     return (text + f" (SRM, sinogram adapter, SD1 {cascade.steps} {cascade.sampler} steps, "
             f"resample to step {cascade.resample_step}, {sd2} {cascade.sd2_steps} steps, "
             f"seed {cascade.seed}"
@@ -424,14 +445,15 @@ def _derivation(method: str, fwhm_mm: float, cascade: CascadeOptions) -> str:
 
 
 def _write_anchor(anchor: AnchorVolume, index: int, meta: SeriesMeta, staging: Path,
-                  out_dir: Path, cascade: CascadeOptions) -> dict[str, object]:
+                  out_dir: Path, cascade: CascadeOptions, modality: str | None
+                  ) -> dict[str, object]:
     """Write one progressive output as ``progressive/drf-<k>/`` of the output folder."""
     folder = Path("progressive") / f"drf-{anchor.drf}"
     files = write_derived_series(
         anchor.volume, meta, staging / folder,
         series_description=f"petrecon mig-dm 1/{anchor.drf}-dose equivalent",
         derivation_description=(
-            _derivation("mig-dm", 0.0, cascade)
+            _derivation("mig-dm", 0.0, cascade, modality)
             + f"; MAP-Diff progressive output: 1/{anchor.drf}-dose equivalent, SD2's estimate "
             f"at the dose anchor's timestep {anchor.timestep}"),
         series_number=(meta.source.series_number or 0) + 1000 + index,
@@ -586,6 +608,8 @@ def reconstruct(
             for anchor in anchors:
                 anchor.volume = (anchor.volume / per_slice).astype(np.float32)
         timings["restore_s"] = time.perf_counter() - t0
+        anatomy = details.get("anatomy")
+        modality = str(anatomy["modality"]) if isinstance(anatomy, dict) else None
 
         t0 = time.perf_counter()
         bar.set_postfix_str("writing")
@@ -596,9 +620,9 @@ def reconstruct(
                 meta,
                 staging,
                 series_description=description[:64],
-                derivation_description=_derivation(method, fwhm_mm, cascade),
+                derivation_description=_derivation(method, fwhm_mm, cascade, modality),
             )
-            progressive = [_write_anchor(anchor, i, meta, staging, out_dir, cascade)
+            progressive = [_write_anchor(anchor, i, meta, staging, out_dir, cascade, modality)
                            for i, anchor in enumerate(anchors, start=1)]
         timings["write_s"] = time.perf_counter() - t0
         bar.update()

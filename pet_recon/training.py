@@ -11,11 +11,12 @@ Stages (Geng et al., arXiv:2512.22237, Sec. III; training order of its "critical
 - ``sd2``: the diffusion U-Net conditioned on the low-dose slice that cross-attends to the
   frozen meta-information encoder's prompt tokens; trained on timesteps up to
   :data:`SD2_MAX_T` because it only ever starts from SD1's output re-noised to step N.
-- ``anatomy``: the MR-guided SD2 (M2Diff, Pain et al., arXiv:2603.09075;
+- ``anatomy``: the anatomy-guided SD2 (M2Diff, Pain et al., arXiv:2603.09075;
   :mod:`pet_recon.models.anatomy`): SD2's U-Net, initialised from the trained
-  ``sd2.safetensors``, fine-tuned like SD2 together with an MR branch whose features are
-  added to its guided encoder stages, plus ``aux_weight`` times the cross-entropy of the
-  branch's tissue segmentation (multi-task); on the shards of ``families`` (brain).
+  ``sd2.safetensors``, fine-tuned like SD2 together with one branch per anatomical modality
+  (MR, and CT with ``modalities``) whose features are added to its guided encoder stages,
+  plus ``aux_weight`` times the cross-entropy of each branch's tissue segmentation
+  (multi-task); on the shards of ``families`` (brain).
 - ``unet``: not part of the cascade; the supervised baseline of the benchmark, the same
   U-Net without timestep or noisy input, regressing the full-dose slice from the low-dose
   planes with the same loss, patches and optimiser.
@@ -54,7 +55,14 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from pet_recon.dataset import SliceStream
+from pet_recon.cascade import ANATOMY_BRANCH_FILES, ANATOMY_FILES
+from pet_recon.dataset import (
+    CT_ROTATION_MAX_DEG,
+    CT_ROTATION_SD_DEG,
+    CT_SHIFT_MAX_MM,
+    CT_SHIFT_SD_MM,
+    SliceStream,
+)
 from pet_recon.diffusion.anchors import (
     ANCHORS_KEY,
     DEFAULT_WEIGHT,
@@ -76,14 +84,18 @@ from pet_recon.meta.encoder import (
 )
 from pet_recon.meta.tokenizer import Tokenizer
 from pet_recon.models.anatomy import (
+    CT_OFFSET_HU,
+    CT_RANGE,
+    CT_SCALE_HU,
     LABEL_TO_TISSUE,
+    MODALITIES,
     MR_PERCENTILE,
     OTHER_TISSUE,
     TISSUE_CLASSES,
     AnatomyBranch,
+    route_by_modality,
     tissue_classes,
 )
-from pet_recon.models.anatomy import MODALITY as ANATOMY_MODALITY
 from pet_recon.models.sinogram import (
     SinogramBranch,
     SinogramRestoration,
@@ -155,6 +167,10 @@ class TrainOptions:
         ``anatomy`` only: probability that a training case's MR is its mismatched MR (no
         lesions, MR-only spheres; :func:`~pet_recon.physics.phantoms.mismatched_mr`), so
         that the branch learns not to copy anatomy into the PET (``docs/anatomy.md``).
+    modalities : tuple of str
+        ``anatomy`` only: the anatomical modalities (:data:`~pet_recon.models.anatomy.
+        MODALITIES`), one branch each; with several, each training case uses one of them per
+        pass (:class:`~pet_recon.dataset.SliceStream`).
     """
 
     data: Path
@@ -178,6 +194,7 @@ class TrainOptions:
     aux_weight: float = 0.1
     families: tuple[str, ...] = ("brain",)
     mismatch: float = 0.5
+    modalities: tuple[str, ...] = ("MR",)
 
 
 class EMA:
@@ -454,11 +471,31 @@ def _validate_srm(model: nn.Module, opts: TrainOptions, batches: int = 16) -> di
 
 class GuidedUNet(nn.Module):
     """A U-Net trained together with the branch that gives its ``stage_features``: SD1 with
-    its sinogram branch (SinoA + CDSM), or the anatomy-guided SD2 with its MR branch."""
+    its sinogram branch (SinoA + CDSM)."""
 
     def __init__(self, unet: UNet, branch: nn.Module) -> None:
         super().__init__()
         self.unet, self.branch = unet, branch
+
+
+#: Attribute of each modality's branch in :class:`AnatomyGuidedUNet` (checkpoint keys
+#: ``<attribute>.*``; the MR branch's are those of the runs from before CT).
+BRANCH_MODULES = {"MR": "branch", "CT": "branch_ct"}
+
+
+class AnatomyGuidedUNet(nn.Module):
+    """The anatomy-guided SD2's U-Net trained with one :class:`AnatomyBranch` per modality."""
+
+    def __init__(self, unet: UNet, branches: dict[str, AnatomyBranch]) -> None:
+        super().__init__()
+        self.unet = unet
+        for modality, branch in branches.items():
+            self.add_module(BRANCH_MODULES[modality], branch)
+        self.modalities = tuple(branches)
+
+    def branch_of(self, modality: str) -> AnatomyBranch:
+        """The branch of ``modality`` (``"MR"`` or ``"CT"``)."""
+        return getattr(self, BRANCH_MODULES[modality])
 
 
 def _sd_unet(context_dim: int | None) -> UNet:
@@ -606,7 +643,8 @@ def _sd2_anatomy(opts: TrainOptions, first: dict[str, Any], rng: random.Random) 
     """The anatomy-guided SD2 (M2Diff): SD2's U-Net, initialised from ``--frozen``'s
     ``sd2.safetensors``, trained with a new :class:`AnatomyBranch` whose features are added
     to its guided encoder stages, plus ``aux_weight`` times the cross-entropy of the
-    branch's tissue segmentation (whole slice) against the phantom's labels."""
+    branch's tissue segmentation (whole slice) against the phantom's labels; one branch per
+    modality of ``opts.modalities``, each item's anatomy through its own modality's branch."""
     encoder, tokenizer = _frozen_meta_encoder(opts)
     sd2_path = _frozen_path(opts, "sd2.safetensors")
     unet, sd2_extra = load_model(sd2_path, registry={"UNet": UNet},
@@ -615,31 +653,37 @@ def _sd2_anatomy(opts: TrainOptions, first: dict[str, Any], rng: random.Random) 
         raise PetReconError(f"{sd2_path}: not an SD2 of this cascade (neighbours "
                             f"{sd2_extra.get('neighbours')}, max_t {sd2_extra.get('max_t')}; "
                             f"expected {NEIGHBOURS} and {SD2_MAX_T})")
-    branch = AnatomyBranch(unet.stage_channels, neighbours=NEIGHBOURS)
+    modalities = _modalities(opts)
+    branches = {m: AnatomyBranch(unet.stage_channels, neighbours=NEIGHBOURS) for m in modalities}
 
-    def predict(module: GuidedUNet, batch: dict[str, Any], x: torch.Tensor, t: torch.Tensor,
-                oy: int, ox: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def predict(module: AnatomyGuidedUNet, batch: dict[str, Any], x: torch.Tensor,
+                t: torch.Tensor, oy: int, ox: int) -> tuple[torch.Tensor, torch.Tensor]:
         context, mask = _prompt_tokens(encoder, tokenizer, batch["prompt"], opts.device, rng,
                                        BLANK_PROMPT_P)
-        encoded = module.branch.encode(batch["anatomy"].to(opts.device))
-        features = module.branch.fuse(crop_stage_features(encoded, oy, ox, opts.patch))
-        segmentation = nn.functional.cross_entropy(
-            module.branch.segment(encoded).float(),
-            tissue_classes(batch["labels"].to(opts.device)))
+        features, segmentation = _routed_features(module, batch, oy, ox, opts)
         pred = module.unet(x, t, context=context, context_mask=mask, stage_features=features)
         return pred, opts.aux_weight * segmentation
 
-    def save(module: GuidedUNet, extra: dict[str, Any]) -> Path:
-        path = save_model(module.unet, opts.out / "sd2-anatomy.safetensors", extra=extra)
-        save_model(module.branch, opts.out / "anatomy-branch.safetensors", extra=extra)
+    def save(module: AnatomyGuidedUNet, extra: dict[str, Any]) -> Path:
+        path = save_model(module.unet, opts.out / ANATOMY_FILES["unet"], extra=extra)
+        for modality in modalities:
+            save_model(module.branch_of(modality), opts.out / ANATOMY_BRANCH_FILES[modality],
+                       extra=extra)
         return path
 
     extra = {"anatomy": {
-        "modality": ANATOMY_MODALITY,
+        "modalities": list(modalities),
         "families": list(opts.families),
         "mr_normalisation": {"function": "pet_recon.models.anatomy.normalise_mr",
                              "percentile": MR_PERCENTILE,
                              "region": "pet_recon.metrics.body_mask of the MR"},
+        "ct_normalisation": {"function": "pet_recon.models.anatomy.normalise_ct",
+                             "offset_hu": CT_OFFSET_HU, "scale_hu": CT_SCALE_HU,
+                             "clip": list(CT_RANGE)},
+        "ct_misregistration": {"rotation_sd_deg": CT_ROTATION_SD_DEG,
+                               "rotation_max_deg": CT_ROTATION_MAX_DEG,
+                               "translation_sd_mm": CT_SHIFT_SD_MM,
+                               "translation_max_mm": CT_SHIFT_MAX_MM},
         "aux_weight": opts.aux_weight,
         "mismatch": opts.mismatch,
         "tissue_classes": list(TISSUE_CLASSES),
@@ -647,7 +691,55 @@ def _sd2_anatomy(opts: TrainOptions, first: dict[str, Any], rng: random.Random) 
         "other_labels": TISSUE_CLASSES[OTHER_TISSUE],
         "initialised_from": {"file": sd2_path.name, "sha256": sha256_file(sd2_path)},
     }}
-    return _Diffusion(GuidedUNet(unet.train(), branch), predict, save, extra)
+    return _Diffusion(AnatomyGuidedUNet(unet.train(), branches), predict, save, extra)
+
+
+def _modalities(opts: TrainOptions) -> tuple[str, ...]:
+    """``opts.modalities`` upper-cased, without repeats, in the order of
+    :data:`~pet_recon.models.anatomy.MODALITIES`; a one-line error for another name."""
+    asked = {m.upper() for m in opts.modalities}
+    if not asked or not asked <= set(MODALITIES):
+        raise PetReconError(f"--modality must be among {', '.join(m.lower() for m in MODALITIES)}"
+                            f", got {', '.join(opts.modalities) or 'none'}")
+    return tuple(m for m in MODALITIES if m in asked)
+
+
+def _routed_features(module: AnatomyGuidedUNet, batch: dict[str, Any], oy: int, ox: int,
+                     opts: TrainOptions) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Stage features of a batch's anatomy, each item through its modality's branch.
+
+    Parameters
+    ----------
+    module : AnatomyGuidedUNet
+    batch : dict
+        ``anatomy`` ``(B, 2 * NEIGHBOURS + 1, H, W)`` normalised planes, ``labels``
+        ``(B, H, W)`` phantom label ids and ``modality`` (``B`` strings).
+    oy, ox : int
+        Top-left corner of the ``opts.patch`` window the features are cut to.
+    opts : TrainOptions
+
+    Returns
+    -------
+    features : list of torch.Tensor
+        ``(B, stage_channels[i], patch / 2**i, patch / 2**i)`` per guided stage.
+    segmentation : torch.Tensor
+        Scalar: the tissue segmentation's cross-entropy, mean over every pixel of the batch
+        (each item scored by its own branch's segmentation head).
+    """
+    anatomy = batch["anatomy"].to(opts.device)
+    classes = tissue_classes(batch["labels"].to(opts.device))
+    losses: list[torch.Tensor] = []
+
+    def branch_output(modality: str, index: torch.Tensor) -> list[torch.Tensor]:
+        branch = module.branch_of(modality)
+        index = index.to(opts.device)
+        encoded = branch.encode(anatomy[index])
+        losses.append(nn.functional.cross_entropy(branch.segment(encoded).float(),
+                                                  classes[index], reduction="sum"))
+        return branch.fuse(crop_stage_features(encoded, oy, ox, opts.patch))
+
+    features = route_by_modality(batch["modality"], branch_output)
+    return features, torch.stack(losses).sum() / classes.numel()
 
 
 #: The diffusion stages of :func:`_train_sd`.
@@ -665,7 +757,8 @@ def _train_sd(stage: str, opts: TrainOptions) -> dict[str, Any]:
         stream = SliceStream(opts.data, "train", neighbours=NEIGHBOURS, seed=opts.seed,
                              with_levels=opts.anchor_loss,
                              families=opts.families if anatomy else None, with_anatomy=anatomy,
-                             mismatch=opts.mismatch if anatomy else 0.0)
+                             mismatch=opts.mismatch if anatomy else 0.0,
+                             modalities=_modalities(opts) if anatomy else ("MR",))
     except FileNotFoundError as exc:
         raise PetReconError(str(exc)) from None
     batches = _batches(stream, opts.batch_size)
@@ -805,33 +898,42 @@ def validate_cascade(folder: Path, data: Path, device: torch.device, *, slices: 
     """PSNR (dB, against full dose, whole slice, range = full-dose max) of the low-dose
     input, SD1 alone and the whole cascade on ``slices`` validation slices, with the
     weights in ``folder`` (verified against its manifest); when the folder holds the
-    anatomy-guided SD2, also of the cascade with it (``psnr_db_cascade_anatomy``, the
-    slices' MR as anatomy, its own generator seeded with ``seed``)."""
+    anatomy-guided SD2, also of the cascade with it for each modality it was trained with and
+    has the branch of (``psnr_db_cascade_anatomy`` with the slices' MR,
+    ``psnr_db_cascade_anatomy_ct`` with their CT, moved as in training by
+    :class:`~pet_recon.dataset.SliceStream`; each its own generator seeded with ``seed``)."""
     from pet_recon.cascade import Cascade
     from pet_recon.metrics import psnr
 
     cascade = Cascade.load(folder, device)
-    guided = cascade.anatomy is not None
-    stream = SliceStream(data, "val", neighbours=cascade.neighbours, seed=seed,
-                         cases_in_flight=16, with_anatomy=guided)
-    items = [item for _, item in zip(range(slices), stream, strict=False)]
-    scores: dict[str, list[float]] = {"low_dose": [], "sd1": [], "cascade": []}
+    modalities = cascade.anatomy.available if cascade.anatomy is not None else []
+
+    def val_items(**kwargs: Any) -> list[dict[str, Any]]:
+        stream = SliceStream(data, "val", neighbours=cascade.neighbours, seed=seed,
+                             cases_in_flight=16, **kwargs)
+        return [item for _, item in zip(range(slices), stream, strict=False)]
+
+    items = val_items()
+    anatomy = {m: [item["anatomy"] for item in val_items(with_anatomy=True, modalities=(m,))]
+               for m in modalities}  # the same slices in the same order, with their anatomy
+    names = {m: "cascade_anatomy" + ("" if m == "MR" else f"_{m.lower()}") for m in modalities}
+    scores: dict[str, list[float]] = {"low_dose": [], "sd1": [], "cascade": [],
+                                      **{names[m]: [] for m in modalities}}
     generator = torch.Generator().manual_seed(seed)
-    anatomy_generator = torch.Generator().manual_seed(seed)
-    if guided:
-        scores["cascade_anatomy"] = []
+    generators = {m: torch.Generator().manual_seed(seed) for m in modalities}
     for start in range(0, len(items), 8):
         batch = _collate(items[start:start + 8])
         ref = batch["ref"][:, None, None, None]
         low = batch["ld"] / ref
-        passes = [("sd1", 0, None, generator), ("cascade", resample_step, None, generator)]
-        if guided:
-            passes.append(("cascade_anatomy", resample_step, batch["anatomy"],
-                           anatomy_generator))
-        for name, n, anatomy, gen in passes:
+        passes = [("sd1", 0, None, "MR", generator),
+                  ("cascade", resample_step, None, "MR", generator)]
+        passes += [(names[m], resample_step, torch.stack(anatomy[m][start:start + 8]), m,
+                    generators[m]) for m in modalities]
+        for name, n, planes, modality, gen in passes:
             out = cascade.restore(low, batch["sino_ld"], batch["prompt"],
                                   steps=steps, sd2_steps=sd2_steps, resample_step=n,
-                                  generator=gen, anatomy=anatomy) * ref.to(device)
+                                  generator=gen, anatomy=planes,
+                                  modality=modality) * ref.to(device)
             for i in range(out.shape[0]):
                 fd = batch["fd"][i, 0].numpy()
                 scores[name].append(psnr(out[i, 0].float().cpu().numpy(), fd))
@@ -846,7 +948,10 @@ def validate_cascade(folder: Path, data: Path, device: torch.device, *, slices: 
 PUBLISHED = {"srm": ("srm.safetensors",), "mi-encoder": ("mi-encoder.safetensors",),
              "sd1": ("sd1.safetensors", "sinogram-branch.safetensors"),
              "sd2": ("sd2.safetensors",), "unet": ("unet.safetensors",),
-             "anatomy": ("sd2-anatomy.safetensors", "anatomy-branch.safetensors")}
+             "anatomy": tuple(ANATOMY_FILES.values())}
+#: Files published with a stage when its run holds them: the CT branch of an anatomy run
+#: trained with ``--modality ct``.
+OPTIONAL_FILES = {"anatomy": (ANATOMY_BRANCH_FILES["CT"],)}
 #: Published when their runs exist: the benchmark's supervised baseline (not a cascade
 #: stage) and the anatomy-guided SD2 (used only with an MR).
 OPTIONAL_STAGES = ("unet", "anatomy")
@@ -854,18 +959,20 @@ OPTIONAL_STAGES = ("unet", "anatomy")
 
 def publish(runs: Path, weights: Path, data: Path, device: torch.device) -> dict[str, Any]:
     """Copy the weights of the four runs ``runs/<stage>/`` (and of the ``unet`` baseline
-    and the ``anatomy``-guided SD2 where they were trained) into ``weights`` and list them
-    in its ``manifest.json`` (SHA-256, config, training report, validation metrics).
+    and the ``anatomy``-guided SD2, with its CT branch when trained with CT, where they were
+    trained) into ``weights`` and list them in its ``manifest.json`` (SHA-256, config,
+    training report, validation metrics).
 
     The cascade is validated on the data's validation split with the copied weights; its
-    PSNRs are recorded for SD1, the sinogram branch, SD2 and the anatomy-guided SD2.
+    PSNRs are recorded for SD1, the sinogram branch, SD2 and the anatomy-guided SD2 (with MR
+    and, when it has the CT branch, with CT).
     """
     import shutil
 
     from pet_recon.weights import update_manifest
 
     weights.mkdir(parents=True, exist_ok=True)
-    reports = {}
+    reports, published = {}, {}
     for stage, names in PUBLISHED.items():
         report_path = runs / stage / f"{stage}.json"
         if not report_path.exists() and stage in OPTIONAL_STAGES:
@@ -873,7 +980,9 @@ def publish(runs: Path, weights: Path, data: Path, device: torch.device) -> dict
         if not report_path.exists():
             raise PetReconError(f"{report_path}: no training report (train {stage} first)")
         reports[stage] = json.loads(report_path.read_text())
-        for name in names:
+        published[stage] = (*names, *(name for name in OPTIONAL_FILES.get(stage, ())
+                                      if (runs / stage / name).exists()))
+        for name in published[stage]:
             shutil.copyfile(runs / stage / name, weights / name)
             # A provisional entry so that the cascade can be loaded for validation.
             update_manifest(weights / name, name=name.removesuffix(".safetensors"),
@@ -881,7 +990,7 @@ def publish(runs: Path, weights: Path, data: Path, device: torch.device) -> dict
     cascade_metrics = validate_cascade(weights, data, device)
     entries = {}
     for stage, report in reports.items():
-        names = PUBLISHED[stage]
+        names = published[stage]
         metrics = report["metrics"] if stage in ("srm", "mi-encoder", "unet") else cascade_metrics
         training = {"data": str(data), "steps": int(report["options"]["steps"]),
                     "batch_size": int(report["options"]["batch_size"]),

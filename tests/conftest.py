@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,27 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"public test data not found at {SHARED_DATA} (set PETRECON_TEST_DATA)")
     return SHARED_DATA
+
+
+def _dciodvfy_errors(folder: Path) -> list[str]:
+    """dciodvfy's error lines over every file of a DICOM series folder (none when dciodvfy
+    is not installed)."""
+    if shutil.which("dciodvfy") is None:
+        return []
+    errors = []
+    for path in sorted(folder.iterdir()):
+        check = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True,
+                               check=False)
+        errors += [line for line in (check.stdout + check.stderr).splitlines()
+                   if line.startswith("Error")]
+    return errors
+
+
+@pytest.fixture(scope="session")
+def dciodvfy_errors() -> Callable[[Path], list[str]]:
+    """``dciodvfy_errors(folder)``: dciodvfy's error lines over a series (dicom3tools; an
+    empty list when it is not installed)."""
+    return _dciodvfy_errors
 
 
 @pytest.fixture
@@ -67,12 +90,13 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def guided(runs: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The session's runs plus ``anatomy/`` (the anatomy stage, 2 steps on the tiny set's body
-    shards; it has no brain shards) and ``weights/``: the session's weights with the anatomy
-    files (``runs / "weights"`` stays without them)."""
+    """The session's runs plus ``anatomy/`` (the anatomy stage with MR and CT branches, 2
+    steps on the tiny set's body shards; it has no brain shards) and ``weights/``: the
+    session's weights with the three anatomy files (``runs / "weights"`` stays without
+    them)."""
     import shutil
 
-    from pet_recon.cascade import ANATOMY_FILES
+    from pet_recon.cascade import ANATOMY_BRANCH_FILES, ANATOMY_FILES
     from pet_recon.training import TrainOptions, train
     from pet_recon.weights import update_manifest
 
@@ -82,9 +106,10 @@ def guided(runs: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     train("anatomy", TrainOptions(data=runs / "data", out=root / "anatomy", steps=2,
                                   device=torch.device("cpu"), batch_size=4, patch=32,
                                   log_every=1, checkpoint_every=1, frozen=runs / "weights",
-                                  trust_frozen=True, families=("body",), mismatch=0.0))
+                                  trust_frozen=True, families=("body",), mismatch=0.0,
+                                  modalities=("MR", "CT")))
     shutil.copytree(runs / "weights", root / "weights")
-    for name in ANATOMY_FILES.values():
+    for name in (ANATOMY_FILES["unet"], *ANATOMY_BRANCH_FILES.values()):
         shutil.copyfile(root / "anatomy" / name, root / "weights" / name)
         update_manifest(root / "weights" / name, name="anatomy", config={},
                         training={"steps": 2}, metrics={})

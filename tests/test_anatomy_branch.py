@@ -1,12 +1,13 @@
-"""MR-guided SD2 (M2Diff, issue #7): the MR branch and its fusion, ``petrecon train anatomy``,
-``Cascade.restore(anatomy=...)``, ``reconstruct --anatomy`` and the MR DICOM of the simulator
-(tiny models, CPU)."""
+"""Anatomy-guided SD2 (M2Diff, issue #7): the MR and CT branches and their fusion, ``petrecon
+train anatomy``, ``Cascade.restore(anatomy=...)``, ``reconstruct --anatomy`` and the MR and CT
+DICOM of the simulator (tiny models, CPU)."""
 
 from __future__ import annotations
 
 import json
+import random
 import shutil
-import subprocess
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,19 +17,23 @@ import pytest
 import SimpleITK as sitk
 import torch
 from safetensors import safe_open
+from safetensors.numpy import load_file
 from typer.testing import CliRunner
 
-from pet_recon.cascade import ANATOMY_FILES, Cascade, neighbour_stack
-from pet_recon.dataset import SliceStream
+from pet_recon.cascade import ANATOMY_BRANCH_FILES, ANATOMY_FILES, Cascade, neighbour_stack
+from pet_recon.dataset import SliceStream, ct_misregistration, read_record
 from pet_recon.errors import PetReconError
 from pet_recon.models.anatomy import (
     TISSUE_CLASSES,
     AnatomyBranch,
+    normalise_ct,
     normalise_mr,
+    route_by_modality,
     tissue_classes,
 )
+from pet_recon.models.sinogram import crop_stage_features
 from pet_recon.models.unet import UNet
-from pet_recon.physics.phantoms import LESION_BASE, Label
+from pet_recon.physics.phantoms import LESION_BASE, Label, rigid_move
 from pet_recon.training import TrainOptions, train
 from pet_recon.weights import load_model, save_model, sha256_file
 
@@ -140,6 +145,40 @@ def test_normalise_mr_divides_by_head_percentile_and_is_scale_free() -> None:
         normalise_mr(np.zeros((4, 8, 8), np.float32), (1.0, 1.0, 1.0))
 
 
+def test_normalise_ct_maps_hu_linearly_and_clips() -> None:
+    hu = np.array([[-2000.0, -1000.0, -500.0], [0.0, 1000.0, 3000.0]], np.float16)
+    out = normalise_ct(hu)
+    assert out.dtype == np.float32 and out.shape == hu.shape
+    np.testing.assert_array_equal(out, [[0.0, 0.0, 0.5], [1.0, 2.0, 3.0]])
+
+
+def test_route_by_modality_mixed_batch_equals_per_item_branches() -> None:
+    torch.manual_seed(0)
+    unet = UNet(4, 1, **TINY)
+    branches = {m: AnatomyBranch(unet.stage_channels, channels=(8, 8, 16, 16), groups=4)
+                for m in ("MR", "CT")}
+    with torch.no_grad():  # non-zero fusion, so that the branches differ in their output
+        for branch in branches.values():
+            for conv in branch.fusion:
+                conv.weight.normal_()
+    anatomy = torch.rand(5, 3, 32, 32)
+    modalities = ["CT", "MR", "MR", "CT", "MR"]
+    calls: list[tuple[str, list[int]]] = []
+
+    def output(modality: str, index: torch.Tensor) -> list[torch.Tensor]:
+        calls.append((modality, index.tolist()))
+        encoded = branches[modality].encode(anatomy[index])
+        return branches[modality].fuse(crop_stage_features(encoded, 8, 0, 16))
+
+    routed = route_by_modality(modalities, output)
+    assert calls == [("CT", [0, 3]), ("MR", [1, 2, 4])]
+    for i, modality in enumerate(modalities):
+        alone = branches[modality].fuse(crop_stage_features(
+            branches[modality].encode(anatomy[i : i + 1]), 8, 0, 16))
+        for whole, one in zip(routed, alone, strict=True):
+            torch.testing.assert_close(whole[i : i + 1], one, rtol=1e-5, atol=1e-6)
+
+
 # ----------------------------------------------------------------------------- data
 
 
@@ -150,7 +189,8 @@ def test_slice_stream_with_anatomy_adds_mr_planes_and_labels(runs: Path) -> None
     assert len(plain) == len(with_mr) > 0
     assert {item["case_id"].split("-")[0] for item in with_mr} == {"body"}
     for a, b in zip(plain, with_mr, strict=True):
-        assert set(b) - set(a) == {"anatomy", "labels"}
+        assert set(b) - set(a) == {"anatomy", "labels", "modality"}
+        assert b["modality"] == "MR"
         torch.testing.assert_close(a["ld"], b["ld"])
         assert b["anatomy"].shape == (3, 32, 32) and b["anatomy"].dtype == torch.float32
         assert b["labels"].shape == (32, 32) and b["labels"].dtype == torch.int64
@@ -161,10 +201,51 @@ def test_slice_stream_with_anatomy_adds_mr_planes_and_labels(runs: Path) -> None
         SliceStream(runs / "data", "train", families=("brain",))
 
 
+def test_ct_misregistration_within_bounds() -> None:
+    draws = random.Random(0)
+    rotations, shifts = zip(*(ct_misregistration(draws) for _ in range(4000)), strict=True)
+    rotation, shift = np.array(rotations), np.array(shifts)
+    assert rotation.shape == shift.shape == (4000, 3)
+    assert np.abs(rotation).max() <= 2.0 and np.abs(shift).max() <= 3.0
+    assert np.abs(rotation).max() == 2.0 and np.abs(shift).max() == 3.0  # clipped tails
+    assert np.std(rotation) == pytest.approx(0.96, abs=0.05)  # N(0, 1) clipped at 2 sd
+    assert np.std(shift) == pytest.approx(1.44, abs=0.07)  # N(0, 1.5) clipped at 2 sd
+
+
+def test_slice_stream_ct_items_tagged_normalised_misregistered_in_order(runs: Path) -> None:
+    kwargs = {"families": ("body",), "seed": 2, "with_anatomy": True}
+    mr = list(SliceStream(runs / "data", "train", **kwargs))
+    ct = list(SliceStream(runs / "data", "train", **kwargs, modalities=("CT",)))
+    mixed = list(SliceStream(runs / "data", "train", **kwargs, modalities=("MR", "CT")))
+    assert len(mr) == len(ct) == len(mixed) > 0
+    for a, b, c in zip(mr, ct, mixed, strict=True):  # same items, same order
+        assert (a["case_id"], a["drf"]) == (b["case_id"], b["drf"]) == (c["case_id"], c["drf"])
+        torch.testing.assert_close(a["ld"], c["ld"])
+        assert b["modality"] == "CT" and c["modality"] in ("MR", "CT")
+        torch.testing.assert_close(c["anatomy"], (b if c["modality"] == "CT" else a)["anatomy"])
+    # Each case's CT: normalised, moved by its own draw from the case's generator.
+    for case_id in {item["case_id"] for item in ct}:
+        path = runs / "data" / "train" / f"{case_id}.safetensors"
+        record = read_record(path)
+        draws = random.Random(f"2-0-{case_id}")
+        draws.random()  # the mismatch draw comes first, the modality's after the CT's move
+        rotation, shift = ct_misregistration(draws)
+        assert np.abs(rotation).max() <= 2.0 and np.abs(shift).max() <= 3.0
+        volume = load_file(str(path))["ct"].astype(np.float32)
+        moved = normalise_ct(rigid_move(volume, (record["plane_mm"], record["pixel_mm"],
+                                                 record["pixel_mm"]), rotation, shift))
+        assert not np.allclose(moved, normalise_ct(volume), atol=0.05)
+        for item in (item for item in ct if item["case_id"] == case_id):
+            centre = item["anatomy"][1].numpy()
+            assert 0.0 <= centre.min() and centre.max() <= 3.0
+            assert any(np.allclose(centre, plane, atol=1e-6) for plane in moved)
+
+
 # ----------------------------------------------------------------------------- training
 
 
-def test_train_anatomy_writes_unet_and_branch_with_metadata(runs: Path, guided: Path) -> None:
+def test_train_anatomy_writes_unet_and_branches_with_metadata(runs: Path,
+                                                                guided: Path) -> None:
     out = guided / "anatomy"
     report = json.loads((out / "anatomy.json").read_text())
     assert report["stage"] == "anatomy" and report["weights"] == str(
@@ -172,11 +253,16 @@ def test_train_anatomy_writes_unet_and_branch_with_metadata(runs: Path, guided: 
     assert report["options"]["aux_weight"] == "0.1"
     unet_extra = _extra(out / "sd2-anatomy.safetensors")
     assert _extra(out / "anatomy-branch.safetensors") == unet_extra
+    assert _extra(out / "anatomy-branch-ct.safetensors") == unet_extra
     assert unet_extra["max_t"] == 400 and unet_extra["neighbours"] == 1
     assert unet_extra["prediction"] == "x0" and unet_extra["schedule"]["num_steps"] == 1000
     anatomy = unet_extra["anatomy"]
-    assert anatomy["aux_weight"] == 0.1 and anatomy["modality"] == "MR"
-    assert anatomy["mismatch"] == 0.0
+    assert anatomy["aux_weight"] == 0.1 and anatomy["modalities"] == ["MR", "CT"]
+    assert "modality" not in anatomy and anatomy["mismatch"] == 0.0
+    assert anatomy["ct_normalisation"] == {"function": "pet_recon.models.anatomy.normalise_ct",
+                                           "offset_hu": 1000.0, "scale_hu": 1000.0,
+                                           "clip": [0.0, 3.0]}
+    assert anatomy["ct_misregistration"]["translation_max_mm"] == 3.0
     assert anatomy["tissue_classes"] == list(TISSUE_CLASSES)
     assert anatomy["label_to_tissue"]["CEREBELLUM"] == 2
     assert anatomy["mr_normalisation"]["percentile"] == 99.0
@@ -188,19 +274,34 @@ def test_train_anatomy_writes_unet_and_branch_with_metadata(runs: Path, guided: 
                          expected_sha256=sha256_file(out / "sd2-anatomy.safetensors"), device=CPU)
     sd2, _ = load_model(runs / "weights" / "sd2.safetensors", registry=registry, device=CPU)
     assert unet.config == sd2.config
-    branch, _ = load_model(out / "anatomy-branch.safetensors", registry=registry,
-                           expected_sha256=sha256_file(out / "anatomy-branch.safetensors"),
-                           device=CPU)
-    assert branch.config["stage_channels"] == list(unet.stage_channels)
+    for name in ("anatomy-branch.safetensors", "anatomy-branch-ct.safetensors"):
+        branch, _ = load_model(out / name, registry=registry,
+                               expected_sha256=sha256_file(out / name), device=CPU)
+        assert branch.config["stage_channels"] == list(unet.stage_channels)
+
+
+def test_train_anatomy_mr_only_writes_two_files_and_unknown_modality_refused(
+        runs: Path, tmp_path: Path) -> None:
+    out = tmp_path / "mr"
+    train("anatomy", replace(_options(runs, out, families=("body",)), steps=1))
+    assert not (out / "anatomy-branch-ct.safetensors").exists()
+    assert _extra(out / "anatomy-branch.safetensors")["anatomy"]["modalities"] == ["MR"]
+    with pytest.raises(PetReconError, match="^--modality must be among mr, ct, got pet$"):
+        train("anatomy", _options(runs, tmp_path / "x", families=("body",),
+                                  modalities=("pet",)))
 
 
 def test_train_anatomy_resumes_from_checkpoint(runs: Path, guided: Path, tmp_path: Path) -> None:
     out = tmp_path / "anatomy"
     shutil.copytree(guided / "anatomy", out)
-    train("anatomy", replace(_options(runs, out, families=("body",), aux_weight=0.5), steps=3))
+    train("anatomy", replace(_options(runs, out, families=("body",), aux_weight=0.5,
+                                      modalities=("MR", "CT")), steps=3))
     with safe_open(str(out / "checkpoint.safetensors"), framework="pt") as f:
         assert f.metadata()["step"] == "3"
-    assert _extra(out / "anatomy-branch.safetensors")["anatomy"]["aux_weight"] == 0.5
+    assert any(key.startswith("model.branch_ct.") for key in load_file(
+        str(out / "checkpoint.safetensors")))
+    for name in ("anatomy-branch.safetensors", "anatomy-branch-ct.safetensors"):
+        assert _extra(out / name)["anatomy"]["aux_weight"] == 0.5
 
 
 def test_train_anatomy_without_brain_shards_or_sd2_is_refused(runs: Path,
@@ -224,10 +325,12 @@ def test_publish_lists_anatomy_weights(guided: Path, runs: Path) -> None:
 
     result = publish(guided, guided / "published", runs / "data", CPU)
     manifest = json.loads((guided / "published" / "manifest.json").read_text())["models"]
-    for name in ANATOMY_FILES.values():
+    for name in (*ANATOMY_FILES.values(), ANATOMY_BRANCH_FILES["CT"]):
         assert manifest[name]["training"]["command"].startswith("petrecon train anatomy")
-        assert "psnr_db_cascade_anatomy" in manifest[name]["metrics"]
+        assert {"psnr_db_cascade_anatomy", "psnr_db_cascade_anatomy_ct"} <= set(
+            manifest[name]["metrics"])
     assert np.isfinite(result["validation"]["psnr_db_cascade_anatomy"])
+    assert np.isfinite(result["validation"]["psnr_db_cascade_anatomy_ct"])
     assert "unet.safetensors" not in manifest  # optional, and not in these runs
     assert Cascade.load(guided / "published", CPU).anatomy is not None
 
@@ -247,7 +350,8 @@ def test_cascade_restore_without_anatomy_unchanged_by_anatomy_weights(runs: Path
     pet_only = Cascade.load(runs / "weights", CPU)
     cascade = Cascade.load(guided / "weights", CPU)
     assert pet_only.anatomy is None and cascade.anatomy is not None
-    assert set(cascade.anatomy.hashes) == set(ANATOMY_FILES.values())
+    assert cascade.anatomy.branches == {}  # loaded when a run asks for one
+    assert cascade.anatomy.available == ["MR", "CT"]
     assert cascade.hashes == pet_only.hashes
     low, _ = _inputs(cascade)
     kwargs = {"steps": 2, "sd2_steps": 2, "resample_step": 50}
@@ -271,21 +375,25 @@ def test_cascade_restore_with_anatomy_uses_guided_sd2(guided: Path) -> None:
                           generator=torch.Generator().manual_seed(2))
     assert out.shape == (2, 1, 32, 32) and torch.isfinite(out).all()
     assert "anatomy_branch_s" in timings and stages == ["sd1", "sd1", "sd2", "sd2"]
+    assert cascade.anatomy is not None and list(cascade.anatomy.branches) == ["MR"]
     # The guided U-Net with zero fusion is SD2: swapping SD2's U-Net in gives the plain output.
-    assert cascade.anatomy is not None
     cascade.anatomy.unet = cascade.sd2
     with torch.no_grad():
-        for conv in cascade.anatomy.branch.fusion:
-            conv.weight.zero_()
-            conv.bias.zero_()
-    zero = cascade.restore(low, None, "PET FDG.", **kwargs, anatomy=mr,
-                           generator=torch.Generator().manual_seed(2))
-    assert torch.equal(zero, plain)
+        for modality in ("MR", "CT"):
+            for conv in cascade.anatomy.branch(modality).fusion:
+                conv.weight.zero_()
+                conv.bias.zero_()
+    for modality in ("MR", "CT"):
+        zero = cascade.restore(low, None, "PET FDG.", **kwargs, anatomy=mr, modality=modality,
+                               generator=torch.Generator().manual_seed(2))
+        assert torch.equal(zero, plain)
     with torch.no_grad():
-        cascade.anatomy.branch.fusion[0].weight.fill_(0.1)
-    assert not torch.allclose(cascade.restore(low, None, "PET FDG.", **kwargs, anatomy=mr,
-                                              generator=torch.Generator().manual_seed(2)),
-                              plain)
+        cascade.anatomy.branch("CT").fusion[0].weight.fill_(0.1)
+    ct = cascade.restore(low, None, "PET FDG.", **kwargs, anatomy=mr, modality="CT",
+                         generator=torch.Generator().manual_seed(2))
+    assert not torch.allclose(ct, plain)  # the CT branch's features, not the MR's
+    assert torch.equal(cascade.restore(low, None, "PET FDG.", **kwargs, anatomy=mr,
+                                       generator=torch.Generator().manual_seed(2)), plain)
 
 
 def test_cascade_anchor_estimates_with_anatomy_leave_main_output_unchanged(
@@ -313,37 +421,73 @@ def test_cascade_restore_anatomy_errors(runs: Path, guided: Path, tmp_path: Path
         cascade.restore(low, None, "PET FDG.", steps=1, sd2_steps=1, anatomy=mr[:, :1])
     folder = tmp_path / "w"
     shutil.copytree(guided / "weights", folder)
+    (folder / "anatomy-branch-ct.safetensors").unlink()
+    without_ct = Cascade.load(folder, CPU)
+    assert without_ct.anatomy is not None and without_ct.anatomy.available == ["MR"]
+    without_ct.restore(low, None, "PET FDG.", steps=1, sd2_steps=1, anatomy=mr)  # MR works
+    with pytest.raises(PetReconError, match=f"^{folder / 'anatomy-branch-ct.safetensors'}: "
+                                            "not found; "):
+        without_ct.restore(low, None, "PET FDG.", steps=1, sd2_steps=1, anatomy=mr,
+                           modality="CT")
     (folder / "anatomy-branch.safetensors").unlink()
     with pytest.raises(PetReconError, match="sd2-anatomy.safetensors without "
-                                            "anatomy-branch.safetensors"):
+                                            "anatomy-branch.safetensors or "
+                                            "anatomy-branch-ct.safetensors"):
         Cascade.load(folder, CPU)
+
+
+def test_cascade_weights_trained_before_ct_load_and_refuse_ct(guided: Path,
+                                                              tmp_path: Path) -> None:
+    from pet_recon.weights import update_manifest
+
+    folder = tmp_path / "w"
+    shutil.copytree(guided / "weights", folder)
+    (folder / "anatomy-branch-ct.safetensors").unlink()
+    path = folder / "sd2-anatomy.safetensors"
+    unet, extra = load_model(path, registry={"UNet": UNet}, device=CPU)
+    anatomy = {k: v for k, v in extra["anatomy"].items() if k != "modalities"}
+    save_model(unet, path, extra=extra | {"anatomy": anatomy | {"modality": "MR"}})
+    update_manifest(path, name="anatomy", config={}, training={}, metrics={})
+    cascade = Cascade.load(folder, CPU)
+    assert cascade.anatomy is not None and cascade.anatomy.modalities == ["MR"]
+    assert set(cascade.anatomy.hashes("MR")) == set(ANATOMY_FILES.values())
+    with pytest.raises(PetReconError, match="anatomy-branch-ct.safetensors: not found; the "
+                                            "anatomy-guided SD2 of these weights was trained "
+                                            "with MR only \\(petrecon train anatomy "
+                                            "--modality ct adds its branch\\)$"):
+        cascade.anatomy.branch("CT")
 
 
 # ----------------------------------------------------------------------------- reconstruct
 
 
-def test_simulated_mr_is_an_mr_dicom_series_of_its_own_frame(brain_case: Path) -> None:
+@pytest.mark.parametrize("name", ["mr", "ct"])
+def test_simulated_anatomy_series_of_pet_study_conforms(
+        name: str, brain_case: Path, dciodvfy_errors: Callable[[Path], list[str]]) -> None:
+    """The MR in its own frame of reference (registered by default), the CT in the PET's."""
     from pet_recon.io.anatomy import read_anatomy
     from pet_recon.io.series import read_series
 
-    mr, meta = read_anatomy(brain_case / "mr")
+    volume, meta = read_anatomy(brain_case / name)
     _, pet_meta = read_series(brain_case / "ld_drf20")
-    header = pydicom.dcmread(sorted((brain_case / "mr").iterdir())[0])
-    assert header.SOPClassUID == pydicom.uid.MRImageStorage and header.Modality == "MR"
-    assert header.PatientPosition == "HFS" and header.ScanningSequence == "RM"
-    assert meta.geometry == pet_meta.geometry and mr.shape == (4, 32, 32)
+    header = pydicom.dcmread(sorted((brain_case / name).iterdir())[0])
+    assert header.Modality == name.upper() and header.PatientPosition == "HFS"
+    assert meta.geometry == pet_meta.geometry and volume.shape == (4, 32, 32)
     assert meta.source.study_instance_uid == pet_meta.source.study_instance_uid
-    assert meta.source.frame_of_reference_uid != pet_meta.source.frame_of_reference_uid
-    written = sitk.GetArrayFromImage(sitk.ReadImage(str(brain_case / "mr.mha")))
-    np.testing.assert_allclose(mr, written, atol=1e-4 * float(written.max()))
-    if shutil.which("dciodvfy") is not None:
-        errors = []
-        for path in sorted((brain_case / "mr").iterdir()):
-            check = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True,
-                                   check=False)
-            errors += [line for line in (check.stdout + check.stderr).splitlines()
-                       if line.startswith("Error")]
-        assert errors == []
+    same_frame = meta.source.frame_of_reference_uid == pet_meta.source.frame_of_reference_uid
+    written = sitk.GetArrayFromImage(sitk.ReadImage(str(brain_case / f"{name}.mha")))
+    if name == "mr":
+        assert header.SOPClassUID == pydicom.uid.MRImageStorage and not same_frame
+        assert header.ScanningSequence == "RM"
+        np.testing.assert_allclose(volume, written, atol=1e-4 * float(written.max()))
+    else:
+        assert header.SOPClassUID == pydicom.uid.CTImageStorage and same_frame
+        assert list(header.ImageType) == ["ORIGINAL", "PRIMARY", "AXIAL"]
+        assert (header.RescaleSlope, header.RescaleIntercept, header.RescaleType) == (
+            1, -1024, "HU")
+        assert header.PixelRepresentation == 0
+        np.testing.assert_allclose(volume, np.maximum(np.rint(written), -1024.0), atol=1e-3)
+    assert dciodvfy_errors(brain_case / name) == []
 
 
 def test_reconstruct_with_anatomy_end_to_end(guided: Path, brain_case: Path,
@@ -362,6 +506,7 @@ def test_reconstruct_with_anatomy_end_to_end(guided: Path, brain_case: Path,
     assert entry["coverage"] > 0.5 and entry["normalisation"]["scale"] > 0
     assert entry["weights_sha256"] == {
         name: sha256_file(guided / "weights" / name) for name in ANATOMY_FILES.values()}
+    assert entry["normalisation"]["percentile"] == 99.0
     assert "anatomy_s" in report["parameters"]["timings"]
     assert MR_LEAK_WARNING in report["warnings"]
     assert json.loads((tmp_path / "run.json").read_text())["parameters"]["anatomy"] == entry
@@ -375,10 +520,33 @@ def test_reconstruct_with_anatomy_end_to_end(guided: Path, brain_case: Path,
     assert any("registration is disabled" in w for w in unregistered["warnings"])
 
 
-def test_reconstruct_anatomy_errors(runs: Path, guided: Path, brain_case: Path, tmp_path: Path,
-                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_reconstruct_with_ct_end_to_end(guided: Path, brain_case: Path, tmp_path: Path) -> None:
+    from pet_recon.io.series import read_series
+    from pet_recon.pipeline import CT_LEAK_WARNING, MR_LEAK_WARNING, CascadeOptions, reconstruct
+
+    options = CascadeOptions(anatomy=brain_case / "ct", drf=20, steps=2, sd2_steps=2,
+                             weights=guided / "weights", device="cpu")
+    report = reconstruct(brain_case / "ld_drf20", tmp_path / "out", method="mig-dm",
+                         cascade=options, progress=False)
+    entry = report["parameters"]["anatomy"]
+    assert entry["modality"] == "CT" and entry["folder"] == str(brain_case / "ct")
+    assert not entry["registered"] and entry["registration"] is None
+    assert entry["registration_reason"] == "same frame of reference"
+    assert entry["outside_value"] <= -1000.0 and entry["coverage"] == pytest.approx(1.0)
+    assert entry["normalisation"] == {"offset_hu": 1000.0, "scale_hu": 1000.0,
+                                      "clip": [0.0, 3.0]}
+    assert entry["weights_sha256"] == {
+        name: sha256_file(guided / "weights" / name)
+        for name in ("sd2-anatomy.safetensors", "anatomy-branch-ct.safetensors")}
+    assert CT_LEAK_WARNING in report["warnings"] and MR_LEAK_WARNING not in report["warnings"]
+    volume, meta = read_series(tmp_path / "out")
+    assert volume.shape == (4, 32, 32) and np.isfinite(volume).all()
+    assert "CT-guided SD2 (M2Diff)" in meta.headers[0].DerivationDescription
+
+
+def test_reconstruct_anatomy_errors(runs: Path, guided: Path, brain_case: Path,
+                                    tmp_path: Path) -> None:
     from pet_recon.cli import app
-    from pet_recon.io import anatomy
     from pet_recon.pipeline import CascadeOptions, reconstruct
 
     options = CascadeOptions(anatomy=brain_case / "mr", drf=20, steps=1, sd2_steps=1,
@@ -391,12 +559,23 @@ def test_reconstruct_anatomy_errors(runs: Path, guided: Path, brain_case: Path, 
         reconstruct(brain_case / "ld_drf20", tmp_path / "m", method="mig-dm",
                     cascade=options, progress=False)
     assert not (tmp_path / "m").exists()
-    monkeypatch.setattr(anatomy, "prepare_anatomy", lambda path, pet, meta, **_: (
-        np.full(pet.shape, -1000.0, np.float32), {"modality": "CT", "warnings": []}))
-    with pytest.raises(PetReconError, match="mr: a CT series; the anatomy weights were "
-                                            "trained on MR"):
+    mr_only = tmp_path / "mr-only"
+    shutil.copytree(guided / "weights", mr_only)
+    (mr_only / "anatomy-branch-ct.safetensors").unlink()
+    missing = mr_only / "anatomy-branch-ct.safetensors"
+    with pytest.raises(PetReconError, match=f"^{missing}: not found; "):
         reconstruct(brain_case / "ld_drf20", tmp_path / "ct", method="mig-dm",
-                    cascade=replace(options, weights=guided / "weights"), progress=False)
+                    cascade=replace(options, anatomy=brain_case / "ct", weights=mr_only),
+                    progress=False)
+    assert not (tmp_path / "ct").exists()
+    result = CliRunner().invoke(app, [
+        "reconstruct", "--in", str(brain_case / "ld_drf20"), "--out", str(tmp_path / "ct"),
+        "--anatomy", str(brain_case / "ct"), "--weights", str(mr_only), "--device", "cpu",
+        "--drf", "20", "--steps", "1", "--sd2-steps", "1", "--quiet"])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        f"petrecon: error: {missing}: not found; the anatomy-guided SD2 of these weights was "
+        "trained with MR, CT, but this branch is not in the folder"]
     result = CliRunner().invoke(app, [
         "reconstruct", "--in", str(brain_case / "ld_drf20"), "--out", str(tmp_path / "c"),
         "--method", "gaussian", "--anatomy", str(brain_case / "mr")])

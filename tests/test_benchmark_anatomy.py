@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from pet_recon.benchmark import BenchOptions, run_benchmark
 from pet_recon.benchmark_anatomy import (
+    CT_RUNS,
     RUNS,
     STRUCTURE_TISSUES,
     TRACERS,
@@ -71,12 +72,13 @@ def test_run_benchmark_anatomy_only_tiny_writes_scores_and_leak_checks(mr_sensit
     assert anatomy["tracers"] == list(TRACERS) and anatomy["test_seeds"] == [9]
     for tracer in TRACERS:
         runs = anatomy["cases"][tracer]["20"]
-        assert list(runs) == list(RUNS)
+        assert list(runs) == [*RUNS, *CT_RUNS]  # the tiny weights hold the CT branch
         for rows in runs.values():
             (row,) = rows
             assert all(_finite(row[k]) for k in ("psnr_db", "ssim", "lesion_suvmax_bias"))
         assert runs["PET only"][0].get("registration") is None
         assert set(runs["with MR"][0]["registration"]) >= {"translation_mm", "rotation_deg"}
+        assert runs["with CT"][0]["registration"] is None  # the PET's frame of reference
         (lesions,) = anatomy["leak_lesions"][tracer]["20"]
         assert lesions["lesions"] and all(_finite(d["difference"]) for d in lesions["lesions"])
         assert _finite(lesions["mean_difference"])
@@ -100,6 +102,7 @@ def test_run_benchmark_anatomy_only_tiny_writes_scores_and_leak_checks(mr_sensit
     table = result["table"]
     assert (out / "table.md").read_text() == table
     for text in ("Anatomy study", "| FDG | 20 | PET only |", "| amyloid+ | 20 | with MR |",
+                 "| amyloid+ | 20 | with CT |",
                  "Leak check 1", "| FDG | 20 | 9 | mean |", "Leak check 2",
                  "| FDG | 20 | 9 | csf, "):
         assert text in table
@@ -139,8 +142,8 @@ def test_study_writes_mr_series_that_differ_only_at_lesions_and_structures(
         tmp_path: Path) -> None:
     opts = BenchOptions(out=tmp_path / "unused", drfs=(20,), slices=8)
     study = _study("FDG", 9, opts, CPU, tmp_path / "study")
-    assert set(study.mr) == {"mr", "mr-without-lesions", "mr-with-structures"}
-    plain, meta = read_anatomy(study.mr["mr"])
+    assert set(study.series) == {"mr", "mr-without-lesions", "mr-with-structures", "ct"}
+    plain, meta = read_anatomy(study.series["mr"])
     assert meta.modality == "MR" and plain.shape == (8, 128, 128)
     phantom = study.case.sim.phantom
     spacing = (2.0, 2.0, 2.0)
@@ -152,10 +155,15 @@ def test_study_writes_mr_series_that_differ_only_at_lesions_and_structures(
     }
     tolerance = 2e-4 * float(plain.max())  # int16 storage, a slope per slice
     for name, distance in near.items():
-        volume, _ = read_anatomy(study.mr[name])
+        volume, _ = read_anatomy(study.series[name])
         difference = np.abs(volume - plain)
         assert (difference[distance > 8.0] <= tolerance).all()
         assert difference[distance == 0].max() > 0.05
+    ct, ct_meta = read_anatomy(study.series["ct"])
+    assert ct_meta.modality == "CT" and ct_meta.geometry == meta.geometry
+    pet = study.case.metas[20].source
+    assert ct_meta.source.frame_of_reference_uid == pet.frame_of_reference_uid
+    np.testing.assert_allclose(ct, np.maximum(np.rint(phantom.ct), -1024.0), atol=1e-3)
     described = study.describe()
     assert described["tracer"] == "FDG" and len(described["structures"]) == 3
     assert described["hypometabolic"][0]["voi_voxels"] > 0

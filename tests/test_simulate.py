@@ -143,7 +143,7 @@ def test_simulate_dicom_gives_true_suv_of_uniform_region(nema_case_dir: Path) ->
 
 def test_write_case_layout(nema_case_dir: Path) -> None:
     names = {p.name for p in nema_case_dir.iterdir()}
-    assert {"fd", "ld_drf20", "sino", "truth.mha", "mu.mha", "ct.mha", "mr.mha",
+    assert {"fd", "ld_drf20", "mr", "ct", "sino", "truth.mha", "mu.mha", "ct.mha", "mr.mha",
             "labels.mha", "case.json"} <= names
     sino = {p.name for p in (nema_case_dir / "sino").iterdir()}
     assert {"fd.hs", "fd.s", "ld_drf20.hs", "attenuation.hs", "background_fd.hs"} <= sino

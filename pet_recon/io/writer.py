@@ -10,8 +10,9 @@ Two entry points share one code path:
   SUV scale as for the input.
 - :func:`write_new_series` writes a volume that has no source files (the simulator) as an
   ORIGINAL series, building the same modules from the typed fields of :class:`SeriesMeta`;
-  with ``meta.modality == "MR"`` it writes an MR Image series (PS3.3 A.4) instead, the
-  simulated anatomical image that ``petrecon reconstruct --anatomy`` reads.
+  with ``meta.modality == "MR"`` or ``"CT"`` it writes an MR Image (PS3.3 A.4) or CT Image
+  (A.3) series instead, the simulated anatomical images that ``petrecon reconstruct
+  --anatomy`` reads.
 
 In both cases a missing attribute that the PET Image IOD requires is filled from the typed
 metadata (the reader's interpretation, so the reader computes the same SUV from the output)
@@ -46,6 +47,7 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
+    CTImageStorage,
     ExplicitVRLittleEndian,
     MRImageStorage,
     PositronEmissionTomographyImageStorage,
@@ -152,7 +154,10 @@ _ORIENTATION_CODES: dict[str, tuple[Code, Code, Code]] = {
 }
 
 #: SOP Class UID and name of the IODs written, by Modality (0008,0060).
-_IODS = {"PT": (PositronEmissionTomographyImageStorage, "PET"), "MR": (MRImageStorage, "MR")}
+_IODS = {"PT": (PositronEmissionTomographyImageStorage, "PET"), "MR": (MRImageStorage, "MR"),
+         "CT": (CTImageStorage, "CT")}
+#: Rescale Intercept of the CT pixels: stored value 0 is -1024 HU (below air).
+_CT_INTERCEPT_HU = -1024
 
 _GE_CREATOR = "GEMS_PETD_01"
 _PHILIPS_CREATOR = "Philips PET Private Group"
@@ -288,8 +293,8 @@ def write_new_series(
     series_number: int | None = None,
     image_type_extra: str = "",
 ) -> list[Path]:
-    """Write ``volume`` as an ORIGINAL PET (or MR) series built only from the typed fields of
-    ``meta``.
+    """Write ``volume`` as an ORIGINAL PET (or MR or CT) series built only from the typed
+    fields of ``meta``.
 
     For volumes without source files (the simulator). Patient (C.7.1.1), General Study
     (C.7.2.1), Patient Study (C.7.2.2), General Equipment (C.7.5.1), PET Series (C.8.9.1),
@@ -307,12 +312,17 @@ def write_new_series(
     Plane and Image Pixel modules, Patient Position (0018,5100) as such (Type 2C for MR), and
     the MR Image module (C.8.3.1) of a simulated image: Scanning Sequence ``RM`` (research
     mode), Sequence Variant ``NONE``, MR Acquisition Type ``3D``, and empty (unknown) Type 2
-    sequence timings; no PET modules.
+    sequence timings; no PET modules. With ``meta.modality == "CT"`` it is a CT Image Storage
+    series (A.3): the same common modules and the CT Image module (C.8.2.1): HU stored as
+    unsigned 16-bit integers with Rescale Slope 1, Rescale Intercept -1024 and Rescale Type
+    ``HU``, empty (unknown) KVP and Acquisition Number; Image Type value 3 must then be
+    ``AXIAL``.
 
     Parameters
     ----------
     volume : numpy.ndarray
-        Values in ``meta.units`` (arbitrary units for MR), shape ``meta.geometry.shape``.
+        Values in ``meta.units`` (arbitrary units for MR, HU for CT), shape
+        ``meta.geometry.shape``.
     meta : SeriesMeta
         Typed metadata of the series; ``meta.headers`` is ignored.
     out_dir : pathlib.Path
@@ -329,7 +339,8 @@ def write_new_series(
     series_number : int, optional
         Series Number (0020,0011); default ``meta.source.series_number`` or 1.
     image_type_extra : str
-        Value 3 of Image Type (0008,0008); empty for none (MR needs one, e.g. ``OTHER``).
+        Value 3 of Image Type (0008,0008); empty for none (MR needs one, e.g. ``OTHER``; CT
+        ``AXIAL``).
 
     Returns
     -------
@@ -342,13 +353,13 @@ def write_new_series(
         If ``out_dir`` is not empty or a text is too long.
     ValueError
         If ``volume`` does not match ``meta``, holds non-finite values, ``meta.modality`` is
-        not PT or MR, or ``meta.units`` of a PET series is unknown.
+        not PT, MR or CT, or ``meta.units`` of a PET series is unknown.
     """
     n_slices = _check_volume(volume, meta)
     _check_text(series_description, "series description", _LO_MAX)
     _check_text(patient_id, "patient ID", _LO_MAX)
     if meta.modality not in _IODS:
-        raise ValueError(f"write_new_series writes PET or MR series, not modality "
+        raise ValueError(f"write_new_series writes PET, MR or CT series, not modality "
                          f"{meta.modality}")
     pet = meta.modality == "PT"
     uids = meta.source.sop_instance_uids
@@ -434,12 +445,15 @@ def _write_series(
     paths = []
     for k in range(n_slices):
         ds = _copy_source_header(meta.headers[k]) if plan.derived else _new_header(meta, plan)
-        if plan.modality == "MR":
-            _complete_mr_modules(ds, meta, plan.created)
-        else:
+        if plan.modality == "PT":
             _complete_modules(ds, meta, k, n_slices, plan.created)
+        else:
+            _complete_anatomy_modules(ds, meta, plan.modality, plan.created)
         _set_instance(ds, meta, k, plan)
-        _set_pixels(ds, volume[k])
+        if plan.modality == "CT":
+            _set_ct_pixels(ds, volume[k])
+        else:
+            _set_pixels(ds, volume[k])
         path = out_dir / f"IM_{k + 1:0{width}d}.dcm"
         _save(ds, path)
         paths.append(path)
@@ -614,7 +628,7 @@ def _complete_common_modules(
 ) -> None:
     """Patient (C.7.1.1), General Study (C.7.2.1), General Series (C.7.3.1), Frame of
     Reference (C.7.4.1) and General Equipment (C.7.5.1) attributes that ``ds`` lacks, shared
-    by the PET and MR Image IODs; ``series_dt`` dates the study."""
+    by the PET, MR and CT Image IODs; ``series_dt`` dates the study."""
     # Patient (C.7.1.1)
     _default(ds, "PatientName", "")
     _default(ds, "PatientID", "")
@@ -637,28 +651,34 @@ def _complete_common_modules(
     _default(ds, "Manufacturer", meta.acquisition.manufacturer or "")
 
 
-def _complete_mr_modules(ds: Dataset, meta: SeriesMeta, created: datetime) -> None:
-    """The MR Image IOD (PS3.3 A.4) attributes of a simulated slice, besides those of
-    :func:`_set_instance` and :func:`_set_pixels`.
+def _complete_anatomy_modules(ds: Dataset, meta: SeriesMeta, modality: str,
+                              created: datetime) -> None:
+    """The MR Image (PS3.3 A.4) or CT Image (A.3) IOD attributes of a simulated slice,
+    besides those of :func:`_set_instance` and :func:`_set_pixels` / :func:`_set_ct_pixels`.
 
     The shared modules (:func:`_complete_common_modules`), Patient Position (0018,5100)
-    (General Series, Type 2C for MR), series date and time, and the MR Image module
-    (C.8.3.1): Scanning Sequence ``RM`` (research mode: a simulated image), Sequence Variant
-    ``NONE``, MR Acquisition Type ``3D``, and the Type 2 timings (Scan Options, Repetition
-    Time, Echo Time, Echo Train Length) empty, as they are unknown.
+    (General Series, Type 2C for MR and CT), series date and time, and the modality's image
+    module. MR Image (C.8.3.1): Scanning Sequence ``RM`` (research mode: a simulated image),
+    Sequence Variant ``NONE``, MR Acquisition Type ``3D``, and the Type 2 timings (Scan
+    Options, Repetition Time, Echo Time, Echo Train Length) empty, as they are unknown. CT
+    Image (C.8.2.1): KVP and Acquisition Number (Type 2) empty, as they are unknown.
     """
     acq = meta.acquisition
-    _complete_common_modules(ds, meta, "MR", acq.series_datetime)
+    _complete_common_modules(ds, meta, modality, acq.series_datetime)
     _default(ds, "PatientPosition", "")
     _default(ds, "SeriesDate", _da(acq.series_datetime) or _da(created))
     _default(ds, "SeriesTime", _tm(acq.series_datetime) or _tm(created))
-    ds.ScanningSequence = "RM"
-    ds.SequenceVariant = "NONE"
-    ds.ScanOptions = ""
-    ds.MRAcquisitionType = "3D"
-    ds.RepetitionTime = ""
-    ds.EchoTime = ""
-    ds.EchoTrainLength = ""
+    if modality == "MR":
+        ds.ScanningSequence = "RM"
+        ds.SequenceVariant = "NONE"
+        ds.ScanOptions = ""
+        ds.MRAcquisitionType = "3D"
+        ds.RepetitionTime = ""
+        ds.EchoTime = ""
+        ds.EchoTrainLength = ""
+    else:
+        ds.KVP = ""
+        ds.AcquisitionNumber = ""
     thickness = acq.slice_thickness_mm or meta.geometry.spacing[2]
     ds.SliceThickness = format_number_as_ds(float(thickness))
 
@@ -927,18 +947,35 @@ def _set_pixels(ds: Dataset, plane: np.ndarray) -> None:
     slope = max(float(values.max()) / _INT16_MAX, float(values.min()) / _INT16_MIN, 0.0)
     slope_text = f"{slope:.10g}" if slope > 0 else "1"
     stored = np.rint(values / float(slope_text))
-    pixels = np.clip(stored, _INT16_MIN, _INT16_MAX).astype("<i2")
+    _store_pixels(ds, np.clip(stored, _INT16_MIN, _INT16_MAX).astype("<i2"), slope_text, "0")
+
+
+def _set_ct_pixels(ds: Dataset, plane: np.ndarray) -> None:
+    """Unsigned 16-bit CT pixels (C.8.2.1): HU rounded to integers, stored as
+    ``HU + 1024`` (Rescale Slope 1, Rescale Intercept -1024, Rescale Type ``HU``), values
+    below -1024 HU clipped."""
+    hu = np.rint(np.asarray(plane, dtype=np.float64))
+    stored = np.clip(hu - _CT_INTERCEPT_HU, 0, np.iinfo(np.uint16).max).astype("<u2")
+    _store_pixels(ds, stored, "1", str(_CT_INTERCEPT_HU))
+    ds.RescaleType = "HU"
+
+
+def _store_pixels(ds: Dataset, pixels: np.ndarray, slope: str, intercept: str) -> None:
+    """Image Pixel module (C.7.6.3) of 16-bit ``pixels`` (``<i2`` signed or ``<u2``
+    unsigned, ``(rows, columns)``) with their Rescale Slope and Intercept (DS texts)."""
+    signed = pixels.dtype.kind == "i"
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.Rows, ds.Columns = (int(n) for n in pixels.shape)
     ds.BitsAllocated = 16
     ds.BitsStored = 16
     ds.HighBit = 15
-    ds.PixelRepresentation = 1
-    ds.RescaleIntercept = "0"
-    ds.RescaleSlope = slope_text
-    ds.add_new(0x00280106, "SS", int(pixels.min()))  # Smallest Image Pixel Value
-    ds.add_new(0x00280107, "SS", int(pixels.max()))  # Largest Image Pixel Value
+    ds.PixelRepresentation = int(signed)
+    ds.RescaleIntercept = intercept
+    ds.RescaleSlope = slope
+    vr = "SS" if signed else "US"
+    ds.add_new(0x00280106, vr, int(pixels.min()))  # Smallest Image Pixel Value
+    ds.add_new(0x00280107, vr, int(pixels.max()))  # Largest Image Pixel Value
     ds.PixelData = pixels.tobytes()
 
 

@@ -1,19 +1,25 @@
-"""MR branch of the anatomy-guided SD2: M2Diff-style fusion (Pain et al., arXiv:2603.09075).
+"""MR and CT branches of the anatomy-guided SD2: M2Diff-style fusion (Pain et al.,
+arXiv:2603.09075).
 
 M2Diff restores low-dose PET with the help of an MR of the same patient: the MR and the PET
 are processed by separate, modality-specific branches whose features are fused at several
 scales (hierarchical feature fusion), and the network is trained on more than one task.
-petrecon's realisation on top of the MiG-DM cascade (``docs/anatomy.md``):
+petrecon's realisation on top of the MiG-DM cascade (``docs/anatomy.md``), extended to CT
+with one more modality-specific branch feeding the same U-Net:
 
-- :class:`AnatomyBranch`: a small convolutional encoder of its own over the MR plane and its
-  neighbours (the same ``n`` as the PET planes), giving one feature map per guided encoder
+- :class:`AnatomyBranch`: a small convolutional encoder of its own over the MR (or CT) plane
+  and its neighbours (the same ``n`` as the PET planes), one per modality of
+  :data:`MODALITIES`, giving one feature map per guided encoder
   stage of SD2's U-Net (:class:`~pet_recon.models.unet.UNet`, ``stage_features``: the
   mechanism SD1's sinogram branch uses), each through a 1x1 convolution that starts at zero,
   so at initialisation the fused U-Net is exactly the PET-only one it is fine-tuned from.
 - An auxiliary head segments the tissue classes of :data:`TISSUE_CLASSES` from the branch's
   finest features; its cross-entropy, weighted, is added to the diffusion loss (the
   multi-task objective).
-- :func:`normalise_mr`: the MR's intensity normalisation, the same in training and inference.
+- :func:`normalise_mr` and :func:`normalise_ct`: the intensity normalisations, the same in
+  training and inference.
+- :func:`route_by_modality`: a batch that mixes MR and CT items sends each item through its
+  own modality's branch.
 
 The tissue classes and the weight of the auxiliary loss are petrecon's choices: the summary
 of the paper does not give them. Classes from the simulator's labels
@@ -32,7 +38,7 @@ class  name          phantom labels
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -58,8 +64,13 @@ LABEL_TO_TISSUE: dict[int, int] = {
 }
 #: The MR is divided by this percentile of its values inside the head.
 MR_PERCENTILE = 99.0
-#: Modality the branch is trained on (the simulator's T1-weighted-like MR).
-MODALITY = "MR"
+#: Anatomical modalities, each with a branch of its own (M2Diff's modality-specific
+#: branches): the simulator's T1-weighted-like MR and its CT.
+MODALITIES = ("MR", "CT")
+#: :func:`normalise_ct`: ``(HU + CT_OFFSET_HU) / CT_SCALE_HU`` clipped to ``CT_RANGE``.
+CT_OFFSET_HU = 1000.0
+CT_SCALE_HU = 1000.0
+CT_RANGE = (0.0, 3.0)
 
 
 def tissue_classes(labels: torch.Tensor) -> torch.Tensor:
@@ -125,10 +136,63 @@ def normalise_mr(volume: np.ndarray, spacing: tuple[float, float, float]
     return data / np.float32(scale), scale
 
 
-class AnatomyBranch(nn.Module):
-    """Modality-specific MR encoder whose features are fused into SD2's encoder stages.
+def normalise_ct(volume_hu: np.ndarray) -> np.ndarray:
+    """Map a CT from Hounsfield units to the CT branch's input by a fixed linear map.
 
-    A 3x3 stem over the ``2 * neighbours + 1`` MR planes, then one level per guided U-Net
+    ``(HU + 1000) / 1000`` clipped to ``[0, 3]``: air 0, water 1, dense bone about 2, metal
+    and contrast at most 3. HU are calibrated on every scanner, so unlike
+    :func:`normalise_mr` no statistics of the case are used; training and inference apply
+    the same map.
+
+    Parameters
+    ----------
+    volume_hu : np.ndarray
+        CT of any shape (e.g. ``(slices, rows, columns)``), float, HU.
+
+    Returns
+    -------
+    np.ndarray
+        float32, same shape, dimensionless.
+    """
+    data = (np.asarray(volume_hu, dtype=np.float32) + np.float32(CT_OFFSET_HU)) / np.float32(
+        CT_SCALE_HU)
+    return np.clip(data, *CT_RANGE)
+
+
+def route_by_modality(modalities: Sequence[str],
+                      branch_output: Callable[[str, torch.Tensor], list[torch.Tensor]]
+                      ) -> list[torch.Tensor]:
+    """Send each modality's items of a batch through its own branch; outputs in batch order.
+
+    Parameters
+    ----------
+    modalities : sequence of str
+        The modality of each item of the batch (``B`` entries, from :data:`MODALITIES`).
+    branch_output : callable
+        ``branch_output(modality, index)`` with ``index`` the ``(b,)`` int64 positions of
+        that modality's items; returns a list of tensors ``(b, ...)`` (e.g. stage features
+        of :meth:`AnatomyBranch.fuse`), the same shapes but for ``b`` whatever the modality.
+
+    Returns
+    -------
+    list of torch.Tensor
+        ``(B, ...)`` per entry of the lists, item ``i``'s rows from its modality's call.
+    """
+    out: list[torch.Tensor] = []
+    for modality in dict.fromkeys(modalities):
+        index = torch.tensor([i for i, m in enumerate(modalities) if m == modality])
+        part = branch_output(modality, index)
+        if not out:
+            out = [x.new_zeros((len(modalities), *x.shape[1:])) for x in part]
+        for whole, x in zip(out, part, strict=True):
+            whole[index.to(x.device)] = x
+    return out
+
+
+class AnatomyBranch(nn.Module):
+    """Modality-specific (MR or CT) encoder whose features are fused into SD2's encoder stages.
+
+    A 3x3 stem over the ``2 * neighbours + 1`` MR or CT planes, then one level per guided U-Net
     stage: a stride-2 3x3 convolution (from the second level on) and a residual block
     (:class:`~pet_recon.models.unet.ResBlock`, no time embedding). Level ``i`` is at
     ``1 / 2**i`` of the slice, like stage ``i`` of :meth:`UNet.stage_shapes
@@ -144,7 +208,7 @@ class AnatomyBranch(nn.Module):
     stage_channels : sequence of int
         Channels of each guided U-Net stage, shallowest first (``UNet.stage_channels``).
     neighbours : int
-        MR planes on each side of the centre plane given as channels (the PET's ``n``).
+        MR or CT planes on each side of the centre plane given as channels (the PET's ``n``).
     channels : sequence of int
         Channels of the branch's own levels, one per stage.
     n_classes : int
@@ -185,8 +249,9 @@ class AnatomyBranch(nn.Module):
         Parameters
         ----------
         anatomy : torch.Tensor
-            ``(B, 2 * neighbours + 1, H, W)`` MR planes normalised by :func:`normalise_mr`
-            (centre plane in the middle channel); ``H`` and ``W`` divisible by
+            ``(B, 2 * neighbours + 1, H, W)`` MR or CT planes normalised by
+            :func:`normalise_mr` or :func:`normalise_ct` (centre plane in the middle
+            channel); ``H`` and ``W`` divisible by
             ``2 ** (stages - 1)``.
 
         Returns
@@ -238,7 +303,7 @@ class AnatomyBranch(nn.Module):
         return self.segmentation(encoded[0])
 
     def forward(self, anatomy: torch.Tensor) -> list[torch.Tensor]:
-        """Stage features of a batch of normalised MR planes (see :meth:`encode`).
+        """Stage features of a batch of normalised MR or CT planes (see :meth:`encode`).
 
         Returns
         -------

@@ -613,6 +613,40 @@ def _rotation(angles_deg: np.ndarray) -> np.ndarray:
     return rz @ ry @ rx
 
 
+def rigid_move(volume: np.ndarray, spacing: tuple[float, float, float],
+               rotation_deg: np.ndarray, translation_mm: np.ndarray) -> np.ndarray:
+    """Move a volume by a rigid transform about its grid centre (linear interpolation).
+
+    The point ``p`` of the input (mm, about the grid centre) appears at ``R p + t`` in the
+    output, ``R`` rotating by ``rotation_deg`` about x, y then z (:func:`_rotation`) and
+    ``t = translation_mm``; outside the input the nearest edge value is repeated
+    (``scipy.ndimage.affine_transform``, ``order=1``, ``mode="nearest"``).
+
+    Parameters
+    ----------
+    volume : np.ndarray
+        ``(slices, rows, columns)`` volume, any float dtype and unit.
+    spacing : tuple of float
+        ``(z, y, x)`` voxel spacing in mm.
+    rotation_deg : np.ndarray
+        ``(3,)`` angles about x, y, z in degrees.
+    translation_mm : np.ndarray
+        ``(3,)`` shift along x, y, z in mm.
+
+    Returns
+    -------
+    np.ndarray
+        The moved volume, same shape and dtype.
+    """
+    flip = np.eye(3)[::-1]  # (x, y, z) <-> (z, y, x)
+    rot = flip @ _rotation(np.asarray(rotation_deg)) @ flip
+    step = np.array(spacing)
+    matrix = (rot.T * step[None, :]) / step[:, None]  # S^-1 R^T S in voxel units
+    centre = (np.array(volume.shape) - 1) / 2.0
+    offset = centre - matrix @ centre - (rot.T @ (flip @ np.asarray(translation_mm))) / step
+    return ndimage.affine_transform(volume, matrix, offset, order=1, mode="nearest")
+
+
 def _finish(
     canvas: _Canvas, rng: np.random.Generator, info: dict[str, Any], texture: float
 ) -> Phantom:
@@ -633,13 +667,7 @@ def _finish(
     angles = np.clip(rng.normal(0.0, 0.7, size=3), -2.0, 2.0)
     voxel_xyz = np.array([geometry.pixel_mm, geometry.pixel_mm, geometry.plane_mm])
     shift = np.clip(rng.normal(0.0, 0.4, size=3), -1.2, 1.2) * voxel_xyz
-    flip = np.eye(3)[::-1]  # (x, y, z) <-> (z, y, x)
-    rot = flip @ _rotation(angles) @ flip
-    step = np.array(spacing)
-    matrix = (rot.T * step[None, :]) / step[:, None]  # S^-1 R^T S in voxel units
-    centre = (np.array(geometry.shape) - 1) / 2.0
-    offset = centre - matrix @ centre - (rot.T @ (flip @ shift)) / step
-    moved = ndimage.affine_transform(canvas.mr, matrix, offset, order=1, mode="nearest")
+    moved = rigid_move(canvas.mr, spacing, angles, shift)
     bias = np.exp(rng.uniform(0.1, 0.25) * _random_field(rng, geometry.shape, spacing, 40.0))
     sigma = rng.uniform(0.015, 0.03)
     real = moved * bias + rng.normal(0.0, sigma, geometry.shape)

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 import torch
-from pydicom.uid import MRImageStorage, generate_uid
+from pydicom.uid import CTImageStorage, MRImageStorage, generate_uid
 
 import pet_recon
 from pet_recon.errors import PetReconError
@@ -482,6 +482,27 @@ def mr_series_meta(case: SimulatedCase, study_uid: str, series_number: int) -> S
                        series_description="MR T1-weighted (simulated)"))
 
 
+def ct_series_meta(case: SimulatedCase, study_uid: str, for_uid: str,
+                   series_number: int) -> SeriesMeta:
+    """Typed DICOM metadata of the case's CT (:attr:`Phantom.ct`, HU) as a CT series of the
+    PET's study and frame of reference.
+
+    The grid, patient and scanner are the PET's (:func:`series_meta`): the CT of a PET/CT
+    acquisition, two minutes before the PET, exactly on the PET grid and in its Frame of
+    Reference (``for_uid``), so :func:`pet_recon.io.anatomy.prepare_anatomy` does not
+    register it by default.
+    """
+    pet = series_meta(case, 1, study_uid, for_uid, series_number)
+    return replace(
+        pet, modality="CT", units=None, radiopharmaceutical=Radiopharmaceutical(),
+        acquisition=AcquisitionInfo(
+            manufacturer=case.protocol.scanner.manufacturer, model=case.protocol.scanner.model,
+            series_datetime=case.protocol.scan_start - timedelta(minutes=2),
+            slice_thickness_mm=case.image.plane_mm),
+        source=replace(pet.source, sop_class_uid=CTImageStorage, modality="CT",
+                       series_description="CT (simulated)"))
+
+
 def write_mr_series(case: SimulatedCase, out_dir: Path, study_uid: str, series_number: int,
                     volume: np.ndarray | None = None) -> list[Path]:
     """Write an MR of the case as a DICOM MR series (:func:`mr_series_meta`) into ``out_dir``.
@@ -513,6 +534,35 @@ def write_mr_series(case: SimulatedCase, out_dir: Path, study_uid: str, series_n
                             image_type_extra="OTHER")
 
 
+def write_ct_series(case: SimulatedCase, out_dir: Path, study_uid: str, for_uid: str,
+                    series_number: int) -> list[Path]:
+    """Write the case's CT as a DICOM CT series (:func:`ct_series_meta`) into ``out_dir``.
+
+    Parameters
+    ----------
+    case : SimulatedCase
+        Gives the CT (:attr:`Phantom.ct`, ``(planes, ny, nx)`` float32 HU, written as
+        integer HU through Rescale Slope 1 and Intercept -1024), the grid, the patient and
+        the acquisition times.
+    out_dir : Path
+        Folder of the series (created).
+    study_uid, for_uid : str
+        Study Instance UID and Frame of Reference UID (the PET's).
+    series_number : int
+        Series Number of the CT.
+
+    Returns
+    -------
+    list of Path
+        The files written.
+    """
+    meta = ct_series_meta(case, study_uid, for_uid, series_number=series_number)
+    return write_new_series(case.phantom.ct, meta, out_dir,
+                            series_description=meta.source.series_description or "CT",
+                            patient_id=case.case_id, patient_position="HFS",
+                            image_type_extra="AXIAL")
+
+
 def _write_mha(path: Path, volume: np.ndarray, geometry: VolumeGeometry) -> None:
     sitk.WriteImage(geometry.to_sitk(volume), str(path), useCompression=True)
 
@@ -521,7 +571,8 @@ def write_case(case: SimulatedCase, out_dir: Path) -> dict[str, object]:
     """Write a simulated case into ``out_dir`` (which must be empty or absent).
 
     Layout: ``fd/`` and ``ld_drf<k>/`` DICOM PET series; ``mr/`` the MR as a DICOM MR
-    series in its own frame of reference (:func:`mr_series_meta`); ``sino/fd.hs`` and
+    series in its own frame of reference (:func:`mr_series_meta`); ``ct/`` the CT as a
+    DICOM CT series in the PET's frame of reference (:func:`ct_series_meta`); ``sino/fd.hs`` and
     ``sino/ld_drf<k>.hs`` prompts (int16 counts when they fit, else float32) with
     ``sino/attenuation.hs``, ``sino/normalisation.hs`` and ``sino/background_fd.hs``
     (the background of dose level k is this divided by k); ``truth.mha`` (Bq/ml at full
@@ -544,6 +595,7 @@ def write_case(case: SimulatedCase, out_dir: Path) -> dict[str, object]:
                          patient_id=case.case_id, patient_position="HFS")
         metas[k] = meta
     write_mr_series(case, out_dir / "mr", study_uid, series_number=len(metas) + 1)
+    write_ct_series(case, out_dir / "ct", study_uid, for_uid, series_number=len(metas) + 2)
     geometry = metas[1].geometry
     sino_dir = out_dir / "sino"
     sino_dir.mkdir(exist_ok=True)
