@@ -182,6 +182,88 @@ def test_cascade_anchor_estimates_leave_main_output_unchanged(runs: Path) -> Non
     assert not torch.allclose(images[18], images[25])
 
 
+def _with_anchor_model(runs: Path, folder: Path, scale: float) -> Path:
+    """``runs/weights`` plus ``sd2-anchors.safetensors``: the tiny anchor-loss SD2 with its
+    parameters times ``scale``, published as ``publish`` does (bfloat16)."""
+    from pet_recon.cascade import ANCHORS_FILE
+    from pet_recon.models.unet import UNet
+    from pet_recon.weights import load_model, save_model, update_manifest
+
+    shutil.copytree(runs / "weights", folder)
+    model, extra = load_model(runs / "weights" / "sd2.safetensors", registry={"UNet": UNet},
+                              device=CPU)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.mul_(scale)
+    save_model(model, folder / ANCHORS_FILE, extra=extra, dtype=torch.bfloat16)
+    update_manifest(folder / ANCHORS_FILE, name="sd2-anchors", config={}, training={},
+                    metrics={})
+    return folder
+
+
+def test_cascade_anchor_model_gives_anchors_main_output_unchanged(runs: Path,
+                                                                  tmp_path: Path) -> None:
+    """With ``sd2-anchors.safetensors`` the anchors and their estimates come from that model,
+    evaluated on SD2's own trajectory; the main output is SD2's, bit for bit."""
+    own = Cascade.load(runs / "weights", CPU)
+    same = Cascade.load(_with_anchor_model(runs, tmp_path / "same", 1.0), CPU)
+    other = Cascade.load(_with_anchor_model(runs, tmp_path / "other", 0.5), CPU)
+    assert own.sd2_anchors is None and same.sd2_anchors is not None
+    assert same.anchors == own.anchors and "sd2_anchors" in same.hashes
+    low = torch.from_numpy(neighbour_stack(torch.rand(2, 32, 32).numpy(), own.neighbours))
+    outputs, images = [], []
+    for cascade in (own, same, other):
+        found: dict[int, torch.Tensor] = {}
+        outputs.append(cascade.restore(low, None, "PET FDG.", steps=2, sd2_steps=2,
+                                       resample_step=50, anchor_steps=[25, 18, 80],
+                                       anchor_images=found,
+                                       generator=torch.Generator().manual_seed(3)))
+        images.append(found)
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=0, atol=0)
+    torch.testing.assert_close(outputs[2], outputs[0], rtol=0, atol=0)
+    for t_k in (18, 25, 80):  # bfloat16 copy of SD2 ~ SD2; a different model differs
+        torch.testing.assert_close(images[1][t_k], images[0][t_k], rtol=0.05, atol=0.05)
+        assert not torch.allclose(images[2][t_k], images[0][t_k], rtol=0.05, atol=0.05)
+
+
+def test_publish_stores_anchor_model_in_bfloat16(runs: Path, tmp_path: Path) -> None:
+    from safetensors import safe_open
+
+    from pet_recon.cascade import ANCHORS_FILE
+    from pet_recon.models.unet import UNet
+    from pet_recon.training import ANCHORS_RUN, publish
+    from pet_recon.weights import load_model, save_model, sha256_file
+
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    for stage in ("srm", "mi-encoder", "sd1", "sd2"):
+        (folder / stage).symlink_to(runs / stage)
+    (folder / ANCHORS_RUN).symlink_to(runs / "sd2")  # the tiny SD2 has the anchor loss
+    publish(folder, tmp_path / "weights", runs / "data", CPU)
+    stored = tmp_path / "weights" / ANCHORS_FILE
+    with safe_open(str(stored), framework="pt") as f:
+        assert f.metadata()["stored_dtype"] == "bfloat16"
+        assert all(f.get_tensor(k).dtype in (torch.bfloat16, torch.int64) for k in f.keys())
+    assert stored.stat().st_size < 0.6 * (runs / "sd2" / "sd2.safetensors").stat().st_size
+    entry = json.loads((tmp_path / "weights" / "manifest.json").read_text())["models"][
+        ANCHORS_FILE]
+    assert entry["training"]["command"].startswith("petrecon train sd2 ")
+    assert entry["training"]["command"].endswith("--anchor-loss")
+    cascade = Cascade.load(tmp_path / "weights", CPU)
+    assert cascade.sd2_anchors is not None and sorted(cascade.anchors) == [4, 20]
+    (folder / ANCHORS_RUN).unlink()
+    plain = folder / ANCHORS_RUN
+    plain.mkdir()
+    model, extra = load_model(runs / "sd2" / "sd2.safetensors", registry={"UNet": UNet},
+                              expected_sha256=sha256_file(runs / "sd2" / "sd2.safetensors"),
+                              device=CPU)
+    save_model(model, plain / "sd2.safetensors",
+               extra={k: v for k, v in extra.items() if k != "anchors"})
+    shutil.copyfile(runs / "sd2" / "sd2.json", plain / "sd2.json")
+    with pytest.raises(PetReconError, match="sd2.safetensors: trained without --anchor-loss"):
+        publish(folder, tmp_path / "again", runs / "data", CPU)
+
+
 def test_cascade_anchor_steps_out_of_range_are_refused(runs: Path) -> None:
     cascade = Cascade.load(runs / "weights", CPU)
     low = torch.from_numpy(neighbour_stack(torch.rand(1, 32, 32).numpy(), cascade.neighbours))
