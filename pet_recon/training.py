@@ -1008,7 +1008,7 @@ def publish(runs: Path, weights: Path, data: Path, device: torch.device) -> dict
     for stage, report in reports.items():
         names = published[stage]
         metrics = report["metrics"] if stage in ("srm", "mi-encoder", "unet") else cascade_metrics
-        training = {"data": str(data), "steps": int(report["options"]["steps"]),
+        training = {"data": report["options"]["data"], "steps": int(report["options"]["steps"]),
                     "batch_size": int(report["options"]["batch_size"]),
                     "seconds": round(report["seconds"], 1),
                     "command": f"petrecon train {report['stage']} --data DATA --out "

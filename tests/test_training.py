@@ -134,6 +134,7 @@ def test_publish_lists_weights_with_validation_metrics(runs: Path) -> None:
     assert {"srm.safetensors", "mi-encoder.safetensors", "sd1.safetensors", "sd2.safetensors",
             "sinogram-branch.safetensors"} <= set(manifest["models"])
     assert manifest["models"]["sd2.safetensors"]["training"]["steps"] == 2
+    assert manifest["models"]["sd2.safetensors"]["training"]["data"] == str(runs / "data")
     assert "psnr_db_unet" in manifest["models"]["unet.safetensors"]["metrics"]
     assert result["validation"]["val_slices"] > 0
     assert "psnr_db_cascade" in result["validation"]
