@@ -390,15 +390,12 @@ def run_benchmark(opts: BenchOptions, progress: Callable[[str], None] | None = N
 
         check_anatomy_weights(opts.weights, device)
     cascade_opts = replace(opts.cascade, weights=opts.weights, device=str(device))
-    folders = [opts.weights] + ([opts.compare_weights] if opts.compare_weights else [])
-    loaded = {folder: Cascade.load(folder, device) for folder in folders}
-    anchors = {folder: c.anchors for folder, c in loaded.items()}
+    anchors = {folder: Cascade.load(folder, device).anchors
+               for folder in (opts.weights, opts.compare_weights)}
     compare = None
     if opts.compare_weights is not None:
-        other = loaded[opts.compare_weights]  # its SD2 itself trained with the anchor loss?
-        trained = bool(other.anchors) and other.sd2_anchors is None
-        compare = (f"MiG-DM cascade, SD2 {'with' if trained else 'without'} anchor loss",
-                   replace(cascade_opts, weights=opts.compare_weights))
+        compare = (f"MiG-DM cascade, SD2 {'with' if anchors[opts.compare_weights] else 'without'}"
+                   f" anchor loss", replace(cascade_opts, weights=opts.compare_weights))
     # Progressive outputs from the first weights that carry anchors; their dose levels are
     # simulated too, to score each anchor's output against the real image of its level.
     progressive = next(((folder, a) for folder, a in anchors.items() if a), None)

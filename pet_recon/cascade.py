@@ -13,11 +13,8 @@ PET Reconstruction", arXiv:2512.22237, Sec. III.C:
 5. SD2 denoises ``x_N`` to ``x_0``, conditioned on the low-dose slice and cross-attending
    to the meta-information tokens of the prompt.
 
-Optionally (MAP-Diff progressive output, ``docs/map-diff.md``) an estimate of the clean
-image at each dose anchor's timestep ``t_k`` is returned as well: from the state of the
-reverse trajectory at ``t_k``, by the SD2 trained with the anchor loss
-(``sd2-anchors.safetensors``, :data:`ANCHORS_FILE`, when the folder holds it; else SD2
-itself when its weights carry anchors).
+Optionally (MAP-Diff progressive output, ``docs/map-diff.md``) SD2's estimate of the clean
+image at each dose anchor's timestep ``t_k`` is returned as well.
 
 With an MR or a CT of the slices (M2Diff, Pain et al., arXiv:2603.09075;
 ``docs/anatomy.md``) and weights that hold the anatomy-guided SD2 (``sd2-anatomy.safetensors``
@@ -64,9 +61,6 @@ WEIGHT_FILES = {
     "sd2": "sd2.safetensors",
     "mi_encoder": "mi-encoder.safetensors",
 }
-#: SD2 trained with the MAP-Diff anchor loss, used only for the progressive outputs (stored
-#: in bfloat16); optional.
-ANCHORS_FILE = "sd2-anchors.safetensors"
 #: Branch of each anatomical modality of the anatomy-guided SD2 (one U-Net shared by all).
 ANATOMY_BRANCH_FILES = {"MR": "anatomy-branch.safetensors",
                         "CT": "anatomy-branch-ct.safetensors"}
@@ -168,11 +162,8 @@ class Cascade:
     neighbours: int
     device: torch.device
     hashes: dict[str, str] = field(default_factory=dict)
-    #: MAP-Diff dose anchors ``{k: t_k}`` of the anchor model (empty without one).
+    #: MAP-Diff dose anchors ``{k: t_k}`` SD2 was trained with (empty without the anchor loss).
     anchors: dict[int, int] = field(default_factory=dict)
-    #: The SD2 trained with the anchor loss (:data:`ANCHORS_FILE`) that gives the progressive
-    #: outputs; None: SD2 gives them when it carries anchors itself.
-    sd2_anchors: UNet | None = None
     #: Largest timestep SD2 was trained on.
     sd2_max_t: int = 400
     #: The anatomy-guided SD2, when the weights folder holds it.
@@ -207,22 +198,11 @@ class Cascade:
         sd1, extra = load_model(paths["sd1"], registry=registry, device=device)
         sd2, sd2_extra = load_model(paths["sd2"], registry=registry, device=device)
         encoder, tokenizer = load_meta_encoder(paths["mi_encoder"], device=device)
-        hashes = {role: sha256_file(p) for role, p in paths.items()}
-        sd2_anchors, anchors_extra = None, sd2_extra
-        if (folder / ANCHORS_FILE).exists():
-            sd2_anchors, anchors_extra = load_model(folder / ANCHORS_FILE, registry=registry,
-                                                    device=device)
-            if (anchors_extra.get("max_t"), anchors_extra.get("neighbours")) != (
-                    sd2_extra.get("max_t"), sd2_extra.get("neighbours")):
-                raise PetReconError(f"{folder / ANCHORS_FILE}: not an SD2 of these weights "
-                                    f"(max_t {anchors_extra.get('max_t')}, neighbours "
-                                    f"{anchors_extra.get('neighbours')})")
-            hashes["sd2_anchors"] = sha256_file(folder / ANCHORS_FILE)
         return cls(srm=srm, branch=branch, sd1=sd1, sd2=sd2, encoder=encoder,  # type: ignore[arg-type]
                    tokenizer=tokenizer, schedule=NoiseSchedule.from_config(extra["schedule"]),
-                   neighbours=int(extra["neighbours"]), device=device, hashes=hashes,
-                   anchors=anchors_from_metadata(anchors_extra.get(ANCHORS_KEY, {})),
-                   sd2_anchors=sd2_anchors,  # type: ignore[arg-type]
+                   neighbours=int(extra["neighbours"]), device=device,
+                   hashes={role: sha256_file(p) for role, p in paths.items()},
+                   anchors=anchors_from_metadata(sd2_extra.get(ANCHORS_KEY, {})),
                    sd2_max_t=int(sd2_extra.get("max_t", 400)),
                    anatomy=_load_anatomy(folder, registry, int(extra["neighbours"]), device))
 
@@ -286,15 +266,12 @@ class Cascade:
             per-step noise is always drawn per slice.
         anchor_steps : sequence of int
             MAP-Diff progressive output: timesteps ``t_k`` (``1..400``, SD2's training range)
-            at which the anchor model's estimate ``x0_hat`` of the clean image from the
-            trajectory's state ``x_{t_k}`` is put into ``anchor_images[t_k]``,
-            ``(B, 1, H, W)``. The anchor model is :attr:`sd2_anchors` when loaded (PET-only,
-            also on an anatomy-guided trajectory), else the trajectory's own SD2. For
-            ``t_k < N`` the state ``x_{t_k}`` is the DDIM move (Song et al. 2021, Eq. 12,
-            eta = 0) to ``t_k`` from the sampler step whose interval ``[t, t_next)`` holds
-            ``t_k``; for ``t_k >= N`` it is SD1's output re-noised to ``t_k`` with the
-            resampling noise. Each costs one more SD2 evaluation; the main output is
-            unchanged (same draws, same trajectory).
+            at which SD2's estimate ``x0_hat`` of the clean image is put into
+            ``anchor_images[t_k]``, ``(B, 1, H, W)``. For ``t_k < N`` the state ``x_{t_k}``
+            is the DDIM move (Song et al. 2021, Eq. 12, eta = 0) to ``t_k`` from the sampler
+            step whose interval ``[t, t_next)`` holds ``t_k``; for ``t_k >= N`` it is SD1's
+            output re-noised to ``t_k`` with the resampling noise. Each costs one more SD2
+            evaluation; the main output is unchanged (same draws, same trajectory).
         anchor_images : dict, optional
             Filled with ``{t_k: x0_hat}``; required when ``anchor_steps`` is given.
         anatomy : torch.Tensor, optional
@@ -371,14 +348,6 @@ class Cascade:
                 return sd2(torch.cat([x_t, x_cond], 1), t, context=tokens, context_mask=mask,
                            stage_features=anatomy_features).float()
 
-        def anchors_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            # x0_hat at an anchor: the anchor-loss SD2 (PET-only) on the trajectory's state
-            with self._autocast():
-                return self.sd2_anchors(torch.cat([x_t, x_cond], 1), t, context=tokens,
-                                        context_mask=mask).float()
-
-        anchor_fn = sd2_fn if self.sd2_anchors is None else anchors_fn
-
         (first, first_fn), (second, second_fn) = (("sd1", sd1_fn), ("sd2", sd2_fn))[
             :: -1 if sd2_first else 1]
         x_T = (randn_like(x_cond[:, :1], generator) if noise is None
@@ -395,19 +364,18 @@ class Cascade:
         pending = sorted(anchor_steps)
         for t_k in [t_k for t_k in pending if t_k >= resample_step]:
             # MAP-Diff anchor at or above N: SD1's output re-noised to t_k (same eps)
-            anchor_images[t_k] = _at(anchor_fn, self.schedule.q_sample(x, t_k, eps_n), t_k)
+            anchor_images[t_k] = _at(second_fn, self.schedule.q_sample(x, t_k, eps_n), t_k)
         pending = [t_k for t_k in pending if t_k < resample_step]
 
         def on_step(info: SamplerStep) -> None:
             for t_k in [t_k for t_k in pending if info.t >= t_k > info.t_next]:
                 if t_k == info.t:
-                    anchor_images[t_k] = (info.x0_pred if self.sd2_anchors is None
-                                          else _at(anchor_fn, info.x_t, t_k))
+                    anchor_images[t_k] = info.x0_pred
                     continue
                 # DDIM move from x_t to x_{t_k} (Song et al. Eq. 12, eta = 0), then x0_hat
                 eps_hat = self.schedule.predict_eps_from_x0(info.x_t, info.t, info.x0_pred)
                 x_k = self.schedule.q_sample(info.x0_pred, t_k, eps_hat)
-                anchor_images[t_k] = _at(anchor_fn, x_k, t_k)
+                anchor_images[t_k] = _at(second_fn, x_k, t_k)
             if callback is not None:
                 callback(second, info)
 

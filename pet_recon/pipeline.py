@@ -230,11 +230,9 @@ def _model_sinograms(path: Path, n_slices: int, grid: VolumeGeometry,
 
 def _anchor_levels(anchors: dict[int, int], drf: float | None, path: Path) -> dict[int, int]:
     """The anchors ``{k: t_k}`` of a ``--progressive`` run: those with ``1 < k < drf``."""
-    from pet_recon.cascade import ANCHORS_FILE
-
     if not anchors:
-        raise PetReconError("--progressive: the weights carry no dose anchors (neither "
-                            f"{ANCHORS_FILE} nor an SD2 trained with --anchor-loss)")
+        raise PetReconError("--progressive: the SD2 weights carry no dose anchors (trained "
+                            "without --anchor-loss)")
     if drf is None:
         raise PetReconError(f"{path}: --progressive needs the input's dose level; give --drf")
     return {k: t for k, t in sorted(anchors.items()) if 1 < k < drf}
@@ -323,7 +321,7 @@ def _restore_mig_dm(volume_suv: np.ndarray, meta: SeriesMeta, opts: CascadeOptio
     the report's details and the progressive outputs (empty unless ``opts.progressive``)."""
     import torch
 
-    from pet_recon.cascade import ANCHORS_FILE, WEIGHT_FILES, Cascade, neighbour_stack
+    from pet_recon.cascade import Cascade, neighbour_stack
     from pet_recon.diffusion.schedule import randn_like
 
     device = resolve_device(opts.device)
@@ -426,9 +424,7 @@ def _restore_mig_dm(volume_suv: np.ndarray, meta: SeriesMeta, opts: CascadeOptio
         info["anatomy"] = anatomy_entry
     if opts.progressive:
         info["progressive"] = {"anchors": {str(k): t for k, t in sorted(cascade.anchors.items())},
-                               "written": {str(k): t for k, t in levels.items()},
-                               "model": ANCHORS_FILE if cascade.sd2_anchors is not None
-                               else WEIGHT_FILES["sd2"]}
+                               "written": {str(k): t for k, t in levels.items()}}
     return back, info, anchors
 
 

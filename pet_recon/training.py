@@ -55,7 +55,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from pet_recon.cascade import ANATOMY_BRANCH_FILES, ANATOMY_FILES, ANCHORS_FILE
+from pet_recon.cascade import ANATOMY_BRANCH_FILES, ANATOMY_FILES
 from pet_recon.dataset import (
     CT_ROTATION_MAX_DEG,
     CT_ROTATION_SD_DEG,
@@ -953,18 +953,13 @@ PUBLISHED = {"srm": ("srm.safetensors",), "mi-encoder": ("mi-encoder.safetensors
 #: trained with ``--modality ct``.
 OPTIONAL_FILES = {"anatomy": (ANATOMY_BRANCH_FILES["CT"],)}
 #: Published when their runs exist: the benchmark's supervised baseline (not a cascade
-#: stage) and the anatomy-guided SD2 (used only with an MR or a CT).
+#: stage) and the anatomy-guided SD2 (used only with an MR).
 OPTIONAL_STAGES = ("unet", "anatomy")
-#: Run folder of an SD2 trained with ``--anchor-loss`` whose weights are published, in
-#: bfloat16, as :data:`~pet_recon.cascade.ANCHORS_FILE`: the model of the progressive
-#: outputs beside a main SD2 trained without the loss (``docs/map-diff.md``). Optional.
-ANCHORS_RUN = "sd2-anchors"
 
 
 def publish(runs: Path, weights: Path, data: Path, device: torch.device) -> dict[str, Any]:
-    """Copy the weights of the four runs ``runs/<stage>/`` (and of the ``unet`` baseline,
-    the ``anatomy``-guided SD2, with its CT branch when trained with CT, and the anchor-loss
-    SD2 of ``runs/sd2-anchors/`` (:data:`ANCHORS_RUN`, stored in bfloat16), where they were
+    """Copy the weights of the four runs ``runs/<stage>/`` (and of the ``unet`` baseline
+    and the ``anatomy``-guided SD2, with its CT branch when trained with CT, where they were
     trained) into ``weights`` and list them in its ``manifest.json`` (SHA-256, config,
     training report, validation metrics).
 
@@ -992,17 +987,6 @@ def publish(runs: Path, weights: Path, data: Path, device: torch.device) -> dict
             # A provisional entry so that the cascade can be loaded for validation.
             update_manifest(weights / name, name=name.removesuffix(".safetensors"),
                             config={}, training={}, metrics={})
-    anchors_run = runs / ANCHORS_RUN / "sd2.safetensors"
-    if anchors_run.exists():
-        model, extra = load_model(anchors_run, registry={"UNet": UNet},
-                                  expected_sha256=sha256_file(anchors_run), device="cpu")
-        if ANCHORS_KEY not in extra:
-            raise PetReconError(f"{anchors_run}: trained without --anchor-loss (no anchors)")
-        save_model(model, weights / ANCHORS_FILE, extra=extra, dtype=torch.bfloat16)
-        update_manifest(weights / ANCHORS_FILE, name=ANCHORS_FILE.removesuffix(".safetensors"),
-                        config={}, training={}, metrics={})
-        reports[ANCHORS_RUN] = json.loads((runs / ANCHORS_RUN / "sd2.json").read_text())
-        published[ANCHORS_RUN] = (ANCHORS_FILE,)
     cascade_metrics = validate_cascade(weights, data, device)
     entries = {}
     for stage, report in reports.items():
@@ -1011,11 +995,9 @@ def publish(runs: Path, weights: Path, data: Path, device: torch.device) -> dict
         training = {"data": report["options"]["data"], "steps": int(report["options"]["steps"]),
                     "batch_size": int(report["options"]["batch_size"]),
                     "seconds": round(report["seconds"], 1),
-                    "command": f"petrecon train {report['stage']} --data DATA --out "
-                               f"RUNS/{stage} --steps {report['options']['steps']} "
-                               f"--batch-size {report['options']['batch_size']}"
-                               + (" --anchor-loss" if report["options"].get("anchor_loss")
-                                  == "True" else "")}
+                    "command": f"petrecon train {stage} --data DATA --out RUNS/{stage} "
+                               f"--steps {report['options']['steps']} "
+                               f"--batch-size {report['options']['batch_size']}"}
         for name in names:
             with safe_open(str(weights / name), framework="pt") as f:
                 config = json.loads(f.metadata()["config"])

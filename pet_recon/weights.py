@@ -129,7 +129,7 @@ def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
 
 
 def save_model(model: nn.Module, path: str | Path, *, config: Mapping[str, Any] | None = None,
-               extra: Mapping[str, Any] | None = None, dtype: torch.dtype | None = None) -> Path:
+               extra: Mapping[str, Any] | None = None) -> Path:
     """Save a model's parameters and buffers as safetensors with its config as metadata.
 
     Parameters
@@ -144,10 +144,6 @@ def save_model(model: nn.Module, path: str | Path, *, config: Mapping[str, Any] 
     extra : mapping, optional
         JSON-serialisable data stored alongside (noise schedule, prediction target, ...),
         returned by :func:`load_model`.
-    dtype : torch.dtype, optional
-        Store the floating-point tensors in this dtype (e.g. ``torch.bfloat16`` to halve a
-        file); recorded as ``stored_dtype`` in the metadata. :func:`load_model` builds the
-        model in float32 and copies the stored values into it.
 
     Returns
     -------
@@ -168,10 +164,7 @@ def save_model(model: nn.Module, path: str | Path, *, config: Mapping[str, Any] 
         "extra": json.dumps(dict(extra or {}), sort_keys=True),
         "petrecon_version": pet_recon.__version__,
     }
-    if dtype is not None:
-        metadata["stored_dtype"] = str(dtype).removeprefix("torch.")
-    tensors = {k: v.detach().to("cpu", dtype if dtype and v.is_floating_point() else v.dtype)
-               .contiguous() for k, v in model.state_dict().items()}
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     _write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
     return path
 
