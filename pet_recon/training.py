@@ -38,6 +38,7 @@ timesteps are saved with the weights (``extra["anchors"]``) and in the checkpoin
 
 from __future__ import annotations
 
+import ast
 import copy
 import json
 import logging
@@ -957,6 +958,18 @@ OPTIONAL_FILES = {"anatomy": (ANATOMY_BRANCH_FILES["CT"],)}
 OPTIONAL_STAGES = ("unet", "anatomy")
 
 
+def _train_command(stage: str, options: dict[str, str]) -> str:
+    """The ``petrecon train`` command of a run, from its report's options (strings)."""
+    flags = [f"--steps {options['steps']}", f"--batch-size {options['batch_size']}"]
+    if options.get("anchor_loss") == "True":
+        flags.append("--anchor-loss")
+    if stage == "anatomy":
+        modalities = ast.literal_eval(options.get("modalities", "('MR',)"))
+        flags += [f"--modality {m.lower()}" for m in modalities]
+        flags.append(f"--mismatch {options.get('mismatch', '0.0')}")
+    return f"petrecon train {stage} --data DATA --out RUNS/{stage} {' '.join(flags)}"
+
+
 def publish(runs: Path, weights: Path, data: Path, device: torch.device) -> dict[str, Any]:
     """Copy the weights of the four runs ``runs/<stage>/`` (and of the ``unet`` baseline
     and the ``anatomy``-guided SD2, with its CT branch when trained with CT, where they were
@@ -995,9 +1008,7 @@ def publish(runs: Path, weights: Path, data: Path, device: torch.device) -> dict
         training = {"data": report["options"]["data"], "steps": int(report["options"]["steps"]),
                     "batch_size": int(report["options"]["batch_size"]),
                     "seconds": round(report["seconds"], 1),
-                    "command": f"petrecon train {stage} --data DATA --out RUNS/{stage} "
-                               f"--steps {report['options']['steps']} "
-                               f"--batch-size {report['options']['batch_size']}"}
+                    "command": _train_command(stage, report["options"])}
         for name in names:
             with safe_open(str(weights / name), framework="pt") as f:
                 config = json.loads(f.metadata()["config"])

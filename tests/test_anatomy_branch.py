@@ -327,6 +327,8 @@ def test_publish_lists_anatomy_weights(guided: Path, runs: Path) -> None:
     manifest = json.loads((guided / "published" / "manifest.json").read_text())["models"]
     for name in (*ANATOMY_FILES.values(), ANATOMY_BRANCH_FILES["CT"]):
         assert manifest[name]["training"]["command"].startswith("petrecon train anatomy")
+        assert manifest[name]["training"]["command"].endswith(
+            "--modality mr --modality ct --mismatch 0.0")
         assert {"psnr_db_cascade_anatomy", "psnr_db_cascade_anatomy_ct"} <= set(
             manifest[name]["metrics"])
     assert np.isfinite(result["validation"]["psnr_db_cascade_anatomy"])
