@@ -364,6 +364,10 @@ def train(
         list[str] | None, typer.Option(help="anatomy: anatomical modality with a branch of its "
                                             "own, mr or ct; repeat for both (default mr).")
     ] = None,
+    lock_text: Annotated[
+        bool, typer.Option(help="mi-encoder: keep the text tower of --frozen's mi-encoder "
+                                "(SD2's tokens) and train a new image tower against it.")
+    ] = False,
 ) -> None:
     """Train one stage of the MiG-DM cascade (or the U-Net baseline) on simulated shards."""
     from pet_recon.training import STAGES, TrainOptions
@@ -377,7 +381,7 @@ def train(
         lr=lr, seed=seed, frozen=frozen, trust_frozen=trust_frozen, resume=resume, bf16=bf16,
         anchor_loss=anchor_loss, anchor_weight=anchor_weight, anchor_width=anchor_width,
         aux_weight=aux_weight, families=tuple(family or ("brain",)), mismatch=mismatch,
-        modalities=tuple(modality or ("mr",))))
+        modalities=tuple(modality or ("mr",)), lock_text=lock_text))
     typer.echo(json.dumps({k: report[k] for k in ("stage", "seconds", "weights", "metrics")}))
 
 

@@ -63,6 +63,7 @@ from pet_recon.dataset import (
     CT_SHIFT_MAX_MM,
     CT_SHIFT_SD_MM,
     SliceStream,
+    read_record,
 )
 from pet_recon.diffusion.anchors import (
     ANCHORS_KEY,
@@ -79,6 +80,7 @@ from pet_recon.errors import PetReconError
 from pet_recon.meta.encoder import (
     MetaEncoder,
     clip_loss,
+    image_inputs,
     load_meta_encoder,
     retrieval_top1,
     save_meta_encoder,
@@ -97,6 +99,7 @@ from pet_recon.models.anatomy import (
     route_by_modality,
     tissue_classes,
 )
+from pet_recon.models.intensity import reference_value
 from pet_recon.models.sinogram import (
     SinogramBranch,
     SinogramRestoration,
@@ -172,6 +175,9 @@ class TrainOptions:
         ``anatomy`` only: the anatomical modalities (:data:`~pet_recon.models.anatomy.
         MODALITIES`), one branch each; with several, each training case uses one of them per
         pass (:class:`~pet_recon.dataset.SliceStream`).
+    lock_text : bool
+        ``mi-encoder`` only: keep the text tower of ``frozen/mi-encoder.safetensors`` and
+        train a new image tower against it (:func:`_train_mi_encoder`).
     """
 
     data: Path
@@ -196,6 +202,7 @@ class TrainOptions:
     families: tuple[str, ...] = ("brain",)
     mismatch: float = 0.5
     modalities: tuple[str, ...] = ("MR",)
+    lock_text: bool = False
 
 
 class EMA:
@@ -361,18 +368,41 @@ def load_srm(path: Path, device: torch.device, expected_sha256: str | None = Non
 # ----------------------------------------------------------------------------- stages
 
 
+#: The image tower trained by ``mi-encoder``: the slice and its neighbours, the reference
+#: concentration as a scalar (:func:`~pet_recon.meta.encoder.image_inputs`), a narrow CNN
+#: (a wider one memorises the 64 training phantoms) and an MLP head.
+MI_IMAGE_TOWER = {"in_channels": 2 * NEIGHBOURS + 1, "image_width": 16, "image_scalars": 1,
+                  "image_head_hidden": 256}
+
+
 def _train_mi_encoder(opts: TrainOptions) -> dict[str, Any]:
-    tokenizer = Tokenizer()
-    model = MetaEncoder(tokenizer.vocab_size)
+    """CLIP training of both towers, or with ``lock_text`` of the image tower only.
+
+    ``lock_text`` keeps the text tower of ``frozen/mi-encoder.safetensors`` (whose tokens
+    SD2 was trained on) and trains a new image tower, the text tower's pooled projection
+    and the temperature: the tokens stay bit for bit what they were, so SD2 is unaffected.
+    This is LiT's locked-tower tuning (Zhai et al. 2022, arXiv:2111.07991) with the text
+    tower locked instead of the image tower.
+    """
+    pairs = _PromptVolumes.read(opts.data, "train")
+    if opts.lock_text:
+        path = _frozen_path(opts, "mi-encoder.safetensors")
+        base, tokenizer = load_meta_encoder(path, expected_sha256=_trusted_hash(path, opts))
+        model = MetaEncoder(**{**base.config, **MI_IMAGE_TOWER})
+        model.text.load_state_dict(base.text.state_dict())
+        for name, param in model.text.named_parameters():
+            param.requires_grad_(name.startswith("proj."))
+    else:
+        tokenizer = Tokenizer()
+        model = MetaEncoder(tokenizer.vocab_size, **MI_IMAGE_TOWER)
     run = _Run("mi-encoder", model, opts)
-    stream = SliceStream(opts.data, "train", neighbours=0, seed=opts.seed, cases_in_flight=16)
-    batches = _distinct_prompt_batches(stream, opts.batch_size)
+    rng = random.Random(opts.seed * 1_000_003 + run.start)
     for step in range(run.start, opts.steps):
-        batch = next(batches)
-        ids, numeric, mask = (t.to(opts.device) for t in tokenizer.encode_batch(batch["prompt"]))
-        images = _mi_images(batch, opts.device)
+        prompts, images, scalars = pairs.batch(rng, opts.batch_size, augment=True)
+        ids, numeric, mask = (t.to(opts.device) for t in tokenizer.encode_batch(prompts))
         with _autocast(opts.device, opts.bf16):
-            text_emb, image_emb = run.module(ids, numeric, mask, images)
+            text_emb, image_emb = run.module(ids, numeric, mask, images.to(opts.device),
+                                             scalars.to(opts.device))
             loss = clip_loss(text_emb.float(), image_emb.float(), run.module.scale())
         run.step(step, loss)
     path = save_meta_encoder(opts.out / "mi-encoder.safetensors", run.ema.model, tokenizer)
@@ -380,35 +410,76 @@ def _train_mi_encoder(opts: TrainOptions) -> dict[str, Any]:
     return {"weights": str(path), "metrics": metrics}
 
 
-def _mi_images(batch: dict[str, Any], device: torch.device) -> torch.Tensor:
-    """The centre low-dose plane in model intensity, average-pooled 2x (64 x 64 for 128)."""
-    ld = batch["ld"][:, NEIGHBOURS if batch["ld"].shape[1] > 1 else 0][:, None]
-    x = ld / batch["ref"][:, None, None, None]
-    return nn.functional.avg_pool2d(x, 2).to(device)
+@dataclass
+class _PromptVolumes:
+    """Every (prompt, low-dose volume) pair of a split, in memory (float16).
 
+    ``planes[i]`` is the ``(slices, ny, nx)`` SUV volume of prompt ``prompts[i]`` (one
+    case at one dose level), ``refs[i]`` its reference value (SUV) and ``bqml_per_suv[i]``
+    its Bq/ml per SUV.
+    """
 
-def _distinct_prompt_batches(stream: SliceStream, batch_size: int
-                             ) -> Iterator[dict[str, Any]]:
-    """Endless batches whose items all have different prompts (contrastive pairs must be
-    unique); an error if the data has fewer distinct prompts than ``batch_size``."""
-    epoch = 0
-    while True:
-        stream.set_epoch(epoch)
-        items: list[dict[str, Any]] = []
-        seen: set[str] = set()
-        yielded = False
-        for item in stream:
-            if item["prompt"] in seen:
-                continue
-            items.append(item)
-            seen.add(item["prompt"])
-            if len(items) == batch_size:
-                yield _collate(items)
-                items, seen, yielded = [], set(), True
-        if not yielded:
-            raise PetReconError(f"{stream.files[0].parent}: fewer than {batch_size} distinct "
-                                "prompts in a pass over the data; lower --batch-size")
-        epoch += 1
+    prompts: list[str]
+    volumes: list[torch.Tensor]
+    refs: list[float]
+    bqml_per_suv: list[float]
+
+    @classmethod
+    def read(cls, root: Path, split: str) -> _PromptVolumes:
+        files = sorted((Path(root) / split).glob("*.safetensors"))
+        files = [f for f in files if not f.name.startswith(".")]
+        if not files:
+            raise PetReconError(f"{Path(root) / split}: no shards")
+        pairs = cls([], [], [], [])
+        for path in files:
+            record = read_record(path)
+            spacing = (record["pixel_mm"], record["pixel_mm"], record["plane_mm"])
+            with safe_open(str(path), framework="pt") as f:
+                for k in record["drfs"]:
+                    volume = f.get_tensor(f"ld_drf{k}")
+                    pairs.prompts.append(record["levels"][str(k)]["prompt"])
+                    pairs.volumes.append(volume.half())
+                    pairs.refs.append(reference_value(volume.float().numpy(), spacing))
+                    pairs.bqml_per_suv.append(1.0 / record["suv_factor"][str(k)])
+        return pairs
+
+    def distinct(self) -> list[int]:
+        """Index of the first volume of every distinct prompt, in reading order."""
+        first: dict[str, int] = {}
+        for i, prompt in enumerate(self.prompts):
+            first.setdefault(prompt, i)
+        return list(first.values())
+
+    def inputs(self, indices: list[int], planes: list[int],
+               rng: random.Random | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image tower inputs of slice ``planes[j]`` (with its neighbours) of volume
+        ``indices[j]``; with ``rng``, each slice randomly flipped and turned by 90 degree
+        steps (the prompt does not depend on orientation)."""
+        stacks = []
+        for i, p in zip(indices, planes, strict=True):
+            last = self.volumes[i].shape[0] - 1
+            stack = self.volumes[i][[min(max(p + d, 0), last)
+                                     for d in range(-NEIGHBOURS, NEIGHBOURS + 1)]].float()
+            if rng is not None:
+                if rng.random() < 0.5:
+                    stack = stack.flip(-1)
+                stack = torch.rot90(stack, rng.randrange(4), (-2, -1))
+            stacks.append(stack)
+        return image_inputs(torch.stack(stacks), torch.tensor([self.refs[i] for i in indices]),
+                            torch.tensor([self.bqml_per_suv[i] for i in indices]))
+
+    def batch(self, rng: random.Random, size: int, augment: bool
+              ) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+        """``size`` random pairs with different prompts (contrastive pairs must be unique),
+        one random slice each."""
+        distinct = self.distinct()
+        if len(distinct) < size:
+            raise PetReconError(f"{len(distinct)} distinct prompts in the training data, fewer "
+                                f"than the batch size {size}; lower --batch-size")
+        indices = rng.sample(distinct, size)
+        planes = [rng.randrange(self.volumes[i].shape[0]) for i in indices]
+        images, scalars = self.inputs(indices, planes, rng if augment else None)
+        return [self.prompts[i] for i in indices], images, scalars
 
 
 @torch.no_grad()
@@ -416,24 +487,25 @@ def _validate_mi_encoder(model: MetaEncoder, tokenizer: Tokenizer, opts: TrainOp
                          batches: int = 8, batch_size: int = 32) -> dict[str, float]:
     """Top-1 prompt-to-image retrieval on held-out batches of 32 distinct prompts.
 
-    The validation split is read once; batch ``j`` pairs the first 32 distinct prompts with
-    their ``j``-th slice, so every batch has 32 different prompts and new images.
+    The first 32 distinct prompts of the validation split (every case at every dose level
+    of the standard data: 8 cases x 4 levels); batch ``j`` pairs each with a random slice
+    of its volume (fixed generator), so every batch has the same 32 prompts and new images.
     """
     model.eval()
-    by_prompt: dict[str, list[dict[str, Any]]] = {}
-    for item in SliceStream(opts.data, "val", neighbours=0, seed=1, cases_in_flight=64):
-        slices = by_prompt.setdefault(item["prompt"], [])
-        if len(slices) < batches:
-            slices.append(item)
-    prompts = [p for p, slices in by_prompt.items() if len(slices) == batches][:batch_size]
-    if len(prompts) < batch_size:
+    pairs = _PromptVolumes.read(opts.data, "val")
+    indices = pairs.distinct()[:batch_size]
+    if len(indices) < batch_size:
         return {"retrieval_top1": float("nan"), "batches": 0, "batch_size": batch_size,
-                "distinct_prompts": len(by_prompt)}
+                "distinct_prompts": len(indices)}
+    ids, numeric, mask = (t.to(opts.device) for t in
+                          tokenizer.encode_batch([pairs.prompts[i] for i in indices]))
+    rng = random.Random(1)
     scores = []
-    for j in range(batches):
-        batch = _collate([by_prompt[p][j] for p in prompts])
-        ids, numeric, mask = (t.to(opts.device) for t in tokenizer.encode_batch(batch["prompt"]))
-        text_emb, image_emb = model(ids, numeric, mask, _mi_images(batch, opts.device))
+    for _ in range(batches):
+        planes = [rng.randrange(pairs.volumes[i].shape[0]) for i in indices]
+        images, scalars = pairs.inputs(indices, planes)
+        text_emb, image_emb = model(ids, numeric, mask, images.to(opts.device),
+                                    scalars.to(opts.device))
         scores.append(retrieval_top1(text_emb.float(), image_emb.float()))
     return {"retrieval_top1": float(np.mean(scores)), "batches": batches,
             "batch_size": batch_size, "chance": 1.0 / batch_size}
@@ -878,6 +950,7 @@ def train(stage: str, opts: TrainOptions) -> dict[str, Any]:
     if not (Path(opts.data) / "train").is_dir():
         raise PetReconError(f"{opts.data}: no train/ shards (run petrecon make-dataset)")
     t0 = time.perf_counter()
+    torch.manual_seed(opts.seed)  # initial weights: one stage's do not depend on another's
     trainers = {"mi-encoder": _train_mi_encoder, "srm": _train_srm,
                 **{name: lambda o, name=name: _train_sd(name, o) for name in DIFFUSION_STAGES},
                 "unet": _train_unet}
@@ -961,6 +1034,13 @@ OPTIONAL_STAGES = ("unet", "anatomy")
 def _train_command(stage: str, options: dict[str, str]) -> str:
     """The ``petrecon train`` command of a run, from its report's options (strings)."""
     flags = [f"--steps {options['steps']}", f"--batch-size {options['batch_size']}"]
+    if float(options.get("lr", "0.0002")) != 2e-4:
+        flags.append(f"--lr {options['lr']}")
+    if options.get("frozen", "None") != "None":
+        flags.append("--frozen FROZEN" + (" --trust-frozen"
+                                          if options.get("trust_frozen") == "True" else ""))
+    if options.get("lock_text") == "True":
+        flags.append("--lock-text")
     if options.get("anchor_loss") == "True":
         flags.append("--anchor-loss")
     if stage == "anatomy":

@@ -14,6 +14,7 @@ from pet_recon.meta.encoder import (
     MetaEncoder,
     TextEncoder,
     clip_loss,
+    image_inputs,
     load_meta_encoder,
     retrieval_top1,
     save_meta_encoder,
@@ -57,12 +58,42 @@ def test_shapes_and_config() -> None:
     text_emb, image_emb = model(ids, numeric, mask, torch.rand(3, 1, 32, 32))
     assert text_emb.shape == image_emb.shape == (3, 16)
     assert model.config == {"vocab_size": tokenizer.vocab_size, "max_len": 64, "mlp_ratio": 4,
-                            "in_channels": 1, "logit_scale_init": math.log(1 / 0.07), **TINY}
+                            "in_channels": 1, "image_scalars": 0, "image_head_hidden": 0,
+                            "logit_scale_init": math.log(1 / 0.07), **TINY}
     with pytest.raises(ValueError, match="max_len"):
         model.text(*tokenizer.encode_batch(["PET"], max_len=65))
     assert TextEncoder(10, layers=1).config["width"] == 128
     assert ImageEncoder(3, depth=1).config == {"in_channels": 3, "width": 32, "depth": 1,
-                                               "embed_dim": 128}
+                                               "embed_dim": 128, "scalars": 0,
+                                               "head_hidden": 0}
+
+
+def test_image_encoder_scalars_enter_the_mlp_head() -> None:
+    torch.manual_seed(0)
+    encoder = ImageEncoder(3, width=8, depth=2, embed_dim=16, scalars=1, head_hidden=32).eval()
+    images = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        low = encoder(images, torch.tensor([[-1.0], [-1.0]]))
+        high = encoder(images, torch.tensor([[1.0], [1.0]]))
+        scaled = encoder(images * 7.0, torch.tensor([[-1.0], [-1.0]]))
+    assert low.shape == (2, 16) and not torch.allclose(low, high)
+    # GroupNorm after the stem: the convolutional features ignore the overall scale.
+    torch.testing.assert_close(scaled, low, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="1 scalars per image"):
+        encoder(images)
+
+
+def test_image_inputs_relative_image_and_log_concentration() -> None:
+    planes = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 3, 4, 4)
+    images, scalars = image_inputs(planes, torch.tensor([2.0, 4.0]),
+                                   torch.tensor([5000.0, 250.0]))
+    assert images.shape == (2, 3, 2, 2) and scalars.shape == (2, 1)
+    # Top-left 2x2 block of plane 0 of slice 0: (0 + 1 + 4 + 5) / 4 / ref 2.
+    assert images[0, 0, 0, 0].item() == pytest.approx(1.25)
+    assert images[1, 2, 1, 1].item() == pytest.approx(
+        planes[1, 2, 2:, 2:].mean().item() / 4.0)
+    # ref 2 SUV x 5000 Bq/ml per SUV = 10 kBq/ml; 4 x 250 = 1 kBq/ml.
+    torch.testing.assert_close(scalars, torch.tensor([[1.0], [0.0]]))
 
 
 def test_padding_does_not_change_outputs() -> None:

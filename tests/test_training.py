@@ -48,6 +48,43 @@ def test_train_sd1_without_frozen_srm_is_refused(runs: Path, tmp_path: Path) -> 
         train("sd1", opts)
 
 
+def test_train_mi_encoder_lock_text_keeps_sd2_tokens(runs: Path, tmp_path: Path) -> None:
+    from pet_recon.meta.encoder import load_meta_encoder
+    from pet_recon.weights import sha256_file
+
+    opts = TrainOptions(data=runs / "data", out=tmp_path, steps=3, device=CPU, batch_size=4,
+                        log_every=1, frozen=runs / "weights", trust_frozen=True,
+                        lock_text=True)
+    report = train("mi-encoder", opts)
+    base, tokenizer = load_meta_encoder(runs / "weights" / "mi-encoder.safetensors")
+    path = Path(report["weights"])
+    new, _ = load_meta_encoder(path, expected_sha256=sha256_file(path))
+    old_text, new_text = base.text.state_dict(), new.text.state_dict()
+    for name, tensor in old_text.items():
+        if name.startswith("proj."):
+            assert not torch.equal(tensor, new_text[name])  # the pooled head is trained
+        else:
+            assert torch.equal(tensor, new_text[name]), name
+    ids, numeric, mask = tokenizer.encode_batch(["PET FDG, dose level 1/20 of full dose."])
+    with torch.no_grad():
+        assert torch.equal(base.text(ids, numeric, mask)[0], new.text(ids, numeric, mask)[0])
+    assert new.config["image_scalars"] == 1 and new.config["in_channels"] == 3
+    with pytest.raises(PetReconError, match="--frozen"):
+        train("mi-encoder", replace(opts, out=tmp_path / "again", frozen=None))
+
+
+def test_train_command_lists_lr_frozen_and_lock_text() -> None:
+    from pet_recon.training import _train_command
+
+    options = {"steps": "6000", "batch_size": "32", "lr": "0.001", "frozen": "/runs/frozen",
+               "trust_frozen": "True", "lock_text": "True"}
+    assert _train_command("mi-encoder", options) == (
+        "petrecon train mi-encoder --data DATA --out RUNS/mi-encoder --steps 6000 "
+        "--batch-size 32 --lr 0.001 --frozen FROZEN --trust-frozen --lock-text")
+    assert _train_command("srm", {"steps": "600", "batch_size": "8", "lr": "0.0002",
+                                  "frozen": "None"}).endswith("--steps 600 --batch-size 8")
+
+
 def test_cascade_restores_slices_deterministically(runs: Path) -> None:
     cascade = Cascade.load(runs / "weights", CPU)
     volume = torch.rand(3, 32, 32).numpy()

@@ -9,6 +9,7 @@ image pairs; the diffusion model SD2 cross-attends to the text tower's token fea
   cross-attention and a pooled, projected embedding for the contrastive loss.
 - :class:`ImageEncoder`: a small CNN over PET slices -> one embedding per slice.
 - :class:`MetaEncoder`: both towers and CLIP's learned temperature.
+- :func:`image_inputs`: low-dose slices -> the image tower's inputs.
 - :func:`clip_loss`: symmetric InfoNCE (CLIP, Fig. 3).
 - :func:`save_meta_encoder` / :func:`load_meta_encoder`: weights through
   :mod:`pet_recon.weights` (safetensors, hash-checked), the tokenizer definition stored
@@ -200,9 +201,12 @@ class ImageEncoder(nn.Module):
     """Small CNN embedding of PET slices.
 
     A 3x3 stem, then ``depth`` stages of a stride-2 3x3 convolution doubling the channels,
-    each with GroupNorm and SiLU; global average pooling and a linear projection. Slices
-    are taken as they are, in the diffusion model's intensity space: the encoder does no
-    normalisation of its own.
+    each with GroupNorm and SiLU; global average pooling, then ``scalars`` per-image numbers
+    appended, then the head: a linear projection, or with ``head_hidden`` a two-layer MLP
+    (linear, SiLU, linear). Inputs are taken as they are: the encoder does no normalisation
+    of its own (:func:`image_inputs` prepares them). GroupNorm makes the convolutional
+    features blind to the image's overall scale, which is why an absolute level has to come
+    in as a scalar.
 
     Parameters
     ----------
@@ -214,11 +218,15 @@ class ImageEncoder(nn.Module):
         Number of stride-2 stages.
     embed_dim : int
         Embedding size ``E``.
+    scalars : int
+        Per-image numbers ``(B, S)`` appended to the pooled features (0: none).
+    head_hidden : int
+        Hidden width of the MLP head (0: a linear head).
     """
 
     @register_config
     def __init__(self, in_channels: int = 1, *, width: int = 32, depth: int = 3,
-                 embed_dim: int = 128) -> None:
+                 embed_dim: int = 128, scalars: int = 0, head_hidden: int = 0) -> None:
         super().__init__()
         layers: list[nn.Module] = [*self._stage(in_channels, width, 1)]
         channels = width
@@ -226,16 +234,27 @@ class ImageEncoder(nn.Module):
             layers += self._stage(channels, 2 * channels, 2)
             channels *= 2
         self.features = nn.Sequential(*layers)
-        self.proj = nn.Linear(channels, embed_dim)
+        self.scalars = scalars
+        self.proj: nn.Module = (
+            nn.Sequential(nn.Linear(channels + scalars, head_hidden), nn.SiLU(),
+                          nn.Linear(head_hidden, embed_dim))
+            if head_hidden else nn.Linear(channels + scalars, embed_dim))
 
     @staticmethod
     def _stage(c_in: int, c_out: int, stride: int) -> list[nn.Module]:
         return [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1),
                 nn.GroupNorm(math.gcd(8, c_out), c_out), nn.SiLU()]
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """``(B, C, H, W)`` float32 slices -> ``(B, E)`` float32 embeddings."""
-        return self.proj(self.features(images).mean(dim=(-2, -1)))
+    def forward(self, images: torch.Tensor, scalars: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """``(B, C, H, W)`` float32 slices (and ``(B, S)`` scalars) -> ``(B, E)`` float32
+        embeddings."""
+        pooled = self.features(images).mean(dim=(-2, -1))
+        if self.scalars:
+            if scalars is None or scalars.shape != (images.shape[0], self.scalars):
+                raise ValueError(f"this image encoder takes {self.scalars} scalars per image")
+            pooled = torch.cat([pooled, scalars.to(pooled.dtype)], dim=1)
+        return self.proj(pooled)
 
 
 class MetaEncoder(nn.Module):
@@ -255,8 +274,9 @@ class MetaEncoder(nn.Module):
         Text tower (see :class:`TextEncoder`).
     embed_dim : int
         Shared embedding size ``E``.
-    in_channels, image_width, image_depth : int
-        Image tower (see :class:`ImageEncoder`).
+    in_channels, image_width, image_depth, image_scalars, image_head_hidden : int
+        Image tower (see :class:`ImageEncoder`: ``in_channels``, ``width``, ``depth``,
+        ``scalars``, ``head_hidden``).
     logit_scale_init : float
         Initial ``logit_scale`` (log of the logit multiplier).
     """
@@ -265,12 +285,14 @@ class MetaEncoder(nn.Module):
     def __init__(self, vocab_size: int, *, max_len: int = 64, width: int = 128,
                  layers: int = 3, heads: int = 4, mlp_ratio: int = 4, embed_dim: int = 128,
                  in_channels: int = 1, image_width: int = 32, image_depth: int = 3,
+                 image_scalars: int = 0, image_head_hidden: int = 0,
                  logit_scale_init: float = math.log(1 / 0.07)) -> None:
         super().__init__()
         self.text = TextEncoder(vocab_size, max_len=max_len, width=width, layers=layers,
                                 heads=heads, mlp_ratio=mlp_ratio, embed_dim=embed_dim)
         self.image = ImageEncoder(in_channels, width=image_width, depth=image_depth,
-                                  embed_dim=embed_dim)
+                                  embed_dim=embed_dim, scalars=image_scalars,
+                                  head_hidden=image_head_hidden)
         self.logit_scale = nn.Parameter(torch.tensor(float(logit_scale_init)))
 
     def scale(self) -> torch.Tensor:
@@ -278,7 +300,8 @@ class MetaEncoder(nn.Module):
         return self.logit_scale.clamp(max=math.log(100.0)).exp()
 
     def forward(self, ids: torch.Tensor, numeric: torch.Tensor, mask: torch.Tensor,
-                images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                images: torch.Tensor, scalars: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         """Embed paired prompts and images.
 
         Parameters
@@ -287,13 +310,53 @@ class MetaEncoder(nn.Module):
             ``(B, L)`` tokenized prompts (see :meth:`TextEncoder.forward`).
         images : torch.Tensor
             ``(B, C, H, W)`` float32 slices.
+        scalars : torch.Tensor, optional
+            ``(B, image_scalars)`` per-image numbers (see :func:`image_inputs`).
 
         Returns
         -------
         text_emb, image_emb : torch.Tensor
             ``(B, E)`` float32 embeddings (not normalised), ready for :func:`clip_loss`.
         """
-        return self.text(ids, numeric, mask)[1], self.image(images)
+        return self.text(ids, numeric, mask)[1], self.image(images, scalars)
+
+
+#: The image tower's scalar input is ``log10(ref / KBQ_PER_ML)``, ``ref`` in Bq/ml.
+KBQ_PER_ML = 1000.0
+
+
+def image_inputs(planes: torch.Tensor, ref: torch.Tensor, bqml_per_suv: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The image tower's inputs for a batch of low-dose slices: relative image and level.
+
+    ``images = avg_pool_2x(planes / ref)`` (the slice's shape, relative to its volume's
+    reference value :func:`~pet_recon.models.intensity.reference_value`) and
+    ``scalars = log10(ref * bqml_per_suv / 1 kBq/ml)``: the reference concentration in the
+    units the scanner measures (Bq/ml, DICOM Units BQML), which depends on the injected
+    activity, weight, uptake time and dose level that the prompt states. The convolutional
+    features are blind to the image's overall scale (GroupNorm), so the level comes in as
+    a scalar; the noise the counts leave is in the relative image.
+
+    Parameters
+    ----------
+    planes : torch.Tensor
+        ``(B, C, H, W)`` float low-dose planes (the slice and its neighbours) in SUV (g/ml).
+    ref : torch.Tensor
+        ``(B,)`` float reference value of each slice's volume, SUV.
+    bqml_per_suv : torch.Tensor
+        ``(B,)`` float Bq/ml per SUV of each slice's volume (``1 / suv_factor``).
+
+    Returns
+    -------
+    images : torch.Tensor
+        ``(B, C, H // 2, W // 2)`` float32.
+    scalars : torch.Tensor
+        ``(B, 1)`` float32.
+    """
+    ref = ref.float()
+    images = F.avg_pool2d(planes.float() / ref[:, None, None, None], 2)
+    scalars = torch.log10(ref * bqml_per_suv.float() / KBQ_PER_ML)[:, None]
+    return images, scalars
 
 
 def clip_loss(text_emb: torch.Tensor, image_emb: torch.Tensor,
