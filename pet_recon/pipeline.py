@@ -397,6 +397,10 @@ def _restore_mig_dm(volume_suv: np.ndarray, meta: SeriesMeta, opts: CascadeOptio
     # The mean-preserving rescale is on the input grid, where the report measures the mean.
     body = body_mask(volume_suv, meta.geometry.spacing)
     rescale = _body_rescale(back, volume_suv, body) if opts.preserve_mean else 1.0
+    if opts.preserve_mean and body.any() and rescale == 1.0 and float(back[body].mean()) <= 0:
+        warnings.append(f"{path}: the restored mean over the body is not positive, so the "
+                        "output could not be rescaled to the input's mean SUV; check the "
+                        "weights")
     anchors = []
     for k, t_k in levels.items():
         volume_k = resample_volume(anchor_out[k], grid, meta.geometry)

@@ -199,6 +199,23 @@ def test_reconstruct_mig_dm_other_matrix_comes_back_on_input_grid(
     assert abs(report["output"]["suv"]["suv_mean_body"] / body_in - 1) < 0.02
 
 
+def test_reconstruct_mig_dm_warns_when_mean_cannot_be_kept(
+        runs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pet_recon.physics.simulate import simulate_case, write_case
+    from pet_recon.pipeline import CascadeOptions, reconstruct
+
+    restore = Cascade.restore
+    monkeypatch.setattr(Cascade, "restore", lambda self, *args, **kwargs: -1.0 - restore(
+        self, *args, **kwargs).abs())  # a broken model: negative everywhere
+    case = simulate_case("nema", 3, matrix=32, slices=3, drfs=(20,), device=CPU)
+    write_case(case, tmp_path / "case")
+    options = CascadeOptions(drf=20, steps=2, sd2_steps=2, weights=runs / "weights",
+                             device="cpu")
+    report = reconstruct(tmp_path / "case" / "ld_drf20", tmp_path / "out", method="mig-dm",
+                         cascade=options, progress=False)
+    assert any("mean over the body is not positive" in w for w in report["warnings"])
+
+
 def test_cascade_anchor_estimates_leave_main_output_unchanged(runs: Path) -> None:
     """Progressive output: one SD2 estimate per anchor step, below and above N; an anchor on
     the sampler's grid is the sampler's own x0_hat there; the main output does not move."""
