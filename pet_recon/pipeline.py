@@ -42,6 +42,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+
+def _warn(warnings: list[str], message: str) -> None:
+    """Log ``message`` (stderr in the CLI) and keep it for the report."""
+    log.warning(message)
+    warnings.append(message)
+
+
 FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
 
 
@@ -288,8 +295,8 @@ def _anatomy_planes(opts: CascadeOptions, cascade: Cascade, volume: np.ndarray,
     anatomy, report = prepare_anatomy(opts.anatomy, volume, meta, register=opts.register)
     modality = str(report["modality"])
     hashes = cascade.anatomy.hashes(modality)  # loads and verifies the branch, or refuses
-    warnings.extend(f"anatomy: {text}" for text in report["warnings"])
-    warnings.append(MR_LEAK_WARNING if modality == "MR" else CT_LEAK_WARNING)
+    warnings.extend(f"anatomy: {text}" for text in report["warnings"])  # logged by the reader
+    _warn(warnings, MR_LEAK_WARNING if modality == "MR" else CT_LEAK_WARNING)
     on_grid = resample_volume(anatomy, meta.geometry, grid, default=report["outside_value"])
     if modality == "CT":
         normalised = normalise_ct(on_grid)
@@ -341,7 +348,7 @@ def _restore_mig_dm(volume_suv: np.ndarray, meta: SeriesMeta, opts: CascadeOptio
         source = f"measured ({opts.sino})"
     else:
         source = "projected from the low-dose image (no --sino given)"
-        warnings.append("no sinogram given: the sinogram branch uses the projection of the "
+        _warn(warnings, "no sinogram given: the sinogram branch uses the projection of the "
                         "low-dose image")
     record = build_record(meta, drf=opts.drf)
     prompt = opts.prompt if opts.prompt is not None else render_prompt(record)
@@ -350,11 +357,11 @@ def _restore_mig_dm(volume_suv: np.ndarray, meta: SeriesMeta, opts: CascadeOptio
         drf = 1.0 / record.dose_fraction if record.dose_fraction else None
         levels = _anchor_levels(cascade.anchors, drf, path)
         if not levels:
-            warnings.append(f"--progressive: no dose anchor lies between full dose and the "
+            _warn(warnings, f"--progressive: no dose anchor lies between full dose and the "
                             f"input's dose (anchors {sorted(cascade.anchors)}, input DRF "
                             f"{drf:g}); no progressive series written")
     if (problem := uptake_warning(meta)) is not None:
-        warnings.append(problem)
+        _warn(warnings, problem)
     timings["prepare_s"] = time.perf_counter() - t0
     anatomy, anatomy_entry = None, None
     if opts.anatomy is not None:
@@ -398,7 +405,7 @@ def _restore_mig_dm(volume_suv: np.ndarray, meta: SeriesMeta, opts: CascadeOptio
     body = body_mask(volume_suv, meta.geometry.spacing)
     rescale = _body_rescale(back, volume_suv, body) if opts.preserve_mean else 1.0
     if opts.preserve_mean and body.any() and rescale == 1.0 and float(back[body].mean()) <= 0:
-        warnings.append(f"{path}: the restored mean over the body is not positive, so the "
+        _warn(warnings, f"{path}: the restored mean over the body is not positive, so the "
                         "output could not be rescaled to the input's mean SUV; check the "
                         "weights")
     anchors = []
@@ -590,8 +597,7 @@ def reconstruct(
         suv_type: str | None = scale.suv_type
     except SuvUnavailable as exc:
         factors, suv_type = None, None
-        warnings.append(f"SUV not available: {exc}")
-        log.warning("SUV not available: %s", exc)
+        _warn(warnings, f"SUV not available: {exc}")
 
     n_slices = meta.geometry.shape[0]
     details: dict[str, object] = {}

@@ -200,7 +200,8 @@ def test_reconstruct_mig_dm_other_matrix_comes_back_on_input_grid(
 
 
 def test_reconstruct_mig_dm_warns_when_mean_cannot_be_kept(
-        runs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        runs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
     from pet_recon.physics.simulate import simulate_case, write_case
     from pet_recon.pipeline import CascadeOptions, reconstruct
 
@@ -214,6 +215,8 @@ def test_reconstruct_mig_dm_warns_when_mean_cannot_be_kept(
     report = reconstruct(tmp_path / "case" / "ld_drf20", tmp_path / "out", method="mig-dm",
                          cascade=options, progress=False)
     assert any("mean over the body is not positive" in w for w in report["warnings"])
+    assert "mean over the body is not positive" in caplog.text  # stderr in the CLI
+    assert "no sinogram given" in caplog.text
 
 
 def test_cascade_anchor_estimates_leave_main_output_unchanged(runs: Path) -> None:

@@ -24,6 +24,7 @@ Conventions (``docs/anatomy.md`` has the details):
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,8 @@ __all__ = [
     "register_rigid",
     "to_pet_grid",
 ]
+
+log = logging.getLogger(__name__)
 
 ANATOMY_MODALITIES = ("MR", "CT")
 """Modalities (0008,0060) accepted as anatomical images."""
@@ -447,6 +450,7 @@ def prepare_anatomy(
                 "frames of reference differ (or one is missing) but registration is disabled: "
                 "the anatomy is placed by the headers' positions only"
             )
+            log.warning(warnings[-1])
     result = None
     if do_register:
         try:
@@ -455,6 +459,7 @@ def prepare_anatomy(
             raise PetReconError(f"{label}: {exc}") from exc
         if not result.converged:
             warnings.append(f"rigid registration did not converge: {result.stop_condition}")
+            log.warning(warnings[-1])
     transform = None if result is None else result.transform
     resampled = to_pet_grid(volume, meta.geometry, pet_meta.geometry, transform, label=label)
     variance = antialias_variance(meta.geometry, pet_meta.geometry)
