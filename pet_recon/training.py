@@ -414,7 +414,7 @@ def _train_mi_encoder(opts: TrainOptions) -> dict[str, Any]:
 class _PromptVolumes:
     """Every (prompt, low-dose volume) pair of a split, in memory (float16).
 
-    ``planes[i]`` is the ``(slices, ny, nx)`` SUV volume of prompt ``prompts[i]`` (one
+    ``volumes[i]`` is the ``(slices, ny, nx)`` SUV volume of prompt ``prompts[i]`` (one
     case at one dose level), ``refs[i]`` its reference value (SUV) and ``bqml_per_suv[i]``
     its Bq/ml per SUV.
     """
