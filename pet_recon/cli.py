@@ -439,6 +439,9 @@ def bench(
     from pet_recon.benchmark import ABLATIONS, SMOKE, BenchOptions, run_benchmark
 
     _setup_logging(quiet)
+    # Each restoration's warnings (no sinogram in an ablation, the MR leak warning) are
+    # the benchmark's design, said once in its docs, not once per run on stderr.
+    logging.getLogger("pet_recon.pipeline").setLevel(logging.ERROR)
     opts = BenchOptions(out=out_dir, cases=cases, slices=slices, weights=weights,
                         compare_weights=compare_weights, device=device, overwrite=overwrite,
                         ablations=tuple(ABLATIONS) if ablations else (),

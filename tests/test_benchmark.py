@@ -65,6 +65,15 @@ def test_run_benchmark_tiny_writes_table_json_and_figures(runs: Path, tmp_path: 
         run_benchmark(opts)
 
 
+def test_bench_cli_keeps_per_run_warnings_off_stderr(runs: Path, tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "pet_recon", "bench", "--smoke", "--weights",
+                             str(runs / "weights"), "--out", str(tmp_path / "bench")],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "WARNING" not in result.stderr, result.stderr
+    assert "petrecon bench:" in result.stderr  # progress messages stay
+
+
 def test_run_benchmark_unknown_family_is_refused(tmp_path: Path) -> None:
     with pytest.raises(PetReconError, match="unknown family 'lung'"):
         run_benchmark(BenchOptions(out=tmp_path / "b", families=("lung",)))
