@@ -256,6 +256,17 @@ def _save_checkpoint(path: Path, step: int, module: nn.Module, ema: EMA,
     tmp.replace(path)
 
 
+#: Checkpoint metadata key: training seconds so far, summed over resumed runs.
+SECONDS_KEY = "train_seconds"
+
+
+def checkpoint_seconds(path: Path) -> float:
+    """Training seconds recorded in a checkpoint, summed over the runs that wrote it (0 for
+    checkpoints written before they were recorded)."""
+    with safe_open(str(path), framework="pt") as f:
+        return float(f.metadata().get(SECONDS_KEY, 0.0))
+
+
 def _load_checkpoint(path: Path, module: nn.Module, ema: EMA,
                      optimizer: torch.optim.Optimizer) -> int:
     with safe_open(str(path), framework="pt") as f:
@@ -317,9 +328,13 @@ class _Run:
         self.ema = EMA(self.module, opts.ema_decay)
         self.checkpoint = opts.out / "checkpoint.safetensors"
         self.start = 0
+        #: Training seconds of earlier runs that this one continues (checkpoint metadata).
+        self.earlier_seconds = 0.0
         if opts.resume and self.checkpoint.exists():
             self.start = _load_checkpoint(self.checkpoint, self.module, self.ema, self.optimizer)
+            self.earlier_seconds = checkpoint_seconds(self.checkpoint)
             log.warning("%s: resumed at step %d", stage, self.start)
+        self.t0 = time.perf_counter()
         self.losses: list[float] = []
         #: Extra string metadata written into every checkpoint (the calibrated anchors).
         self.checkpoint_metadata: dict[str, str] = {}
@@ -338,8 +353,9 @@ class _Run:
             log.warning("%s step %d/%d loss %.5f", self.stage, step + 1, self.opts.steps,
                         sum(recent) / len(recent))
         if (step + 1) % self.opts.checkpoint_every == 0 or step + 1 == self.opts.steps:
+            seconds = self.earlier_seconds + time.perf_counter() - self.t0
             _save_checkpoint(self.checkpoint, step + 1, self.module, self.ema, self.optimizer,
-                             self.checkpoint_metadata)
+                             self.checkpoint_metadata | {SECONDS_KEY: repr(seconds)})
 
 
 def _frozen_path(opts: TrainOptions, name: str) -> Path:
@@ -943,7 +959,9 @@ def train(stage: str, opts: TrainOptions) -> dict[str, Any]:
     Returns
     -------
     dict
-        The report: stage, options, steps, seconds, final loss, validation metrics.
+        The report: stage, options, seconds (this run's wall time), the stage's weights
+        and validation metrics, and ``train_seconds``: training time summed over every
+        run that continued the checkpoint (what ``publish`` records).
     """
     if stage not in STAGES:
         raise PetReconError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
@@ -961,6 +979,9 @@ def train(stage: str, opts: TrainOptions) -> dict[str, Any]:
         "seconds": time.perf_counter() - t0,
         **result,
     }
+    checkpoint = opts.out / "checkpoint.safetensors"
+    if checkpoint.exists():  # training time over every resumed run, validation excluded
+        report["train_seconds"] = checkpoint_seconds(checkpoint)
     (opts.out / f"{stage}.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
 
@@ -1087,7 +1108,7 @@ def publish(runs: Path, weights: Path, data: Path, device: torch.device) -> dict
         metrics = report["metrics"] if stage in ("srm", "mi-encoder", "unet") else cascade_metrics
         training = {"data": report["options"]["data"], "steps": int(report["options"]["steps"]),
                     "batch_size": int(report["options"]["batch_size"]),
-                    "seconds": round(report["seconds"], 1),
+                    "seconds": round(report.get("train_seconds", report["seconds"]), 1),
                     "command": _train_command(stage, report["options"])}
         for name in names:
             with safe_open(str(weights / name), framework="pt") as f:

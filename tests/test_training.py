@@ -33,9 +33,14 @@ def test_train_writes_reports_and_checkpoints(runs: Path) -> None:
 
 
 def test_train_resume_continues_from_checkpoint(runs: Path) -> None:
+    from pet_recon.training import checkpoint_seconds
+
+    earlier = checkpoint_seconds(runs / "srm" / "checkpoint.safetensors")
     opts = TrainOptions(data=runs / "data", out=runs / "srm", steps=3, device=CPU,
                         batch_size=4, log_every=1, checkpoint_every=1)
-    train("srm", opts)
+    report = train("srm", opts)
+    # Training time adds up over resumed runs (validation and set-up not counted).
+    assert 0 < earlier < report["train_seconds"] < earlier + report["seconds"]
     from safetensors import safe_open
 
     with safe_open(str(runs / "srm" / "checkpoint.safetensors"), framework="pt") as f:
