@@ -4,6 +4,7 @@ the resulting weights restores slices (tiny models, CPU)."""
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from collections.abc import Callable
 from dataclasses import replace
@@ -210,6 +211,7 @@ def test_reconstruct_mig_dm_warns_when_mean_cannot_be_kept(
     from pet_recon.physics.simulate import simulate_case, write_case
     from pet_recon.pipeline import CascadeOptions, reconstruct
 
+    caplog.set_level(logging.WARNING, logger="pet_recon.pipeline")  # whatever ran before
     restore = Cascade.restore
     monkeypatch.setattr(Cascade, "restore", lambda self, *args, **kwargs: -1.0 - restore(
         self, *args, **kwargs).abs())  # a broken model: negative everywhere
