@@ -302,7 +302,7 @@ def test_train_without_anchor_loss_saves_no_anchors(runs: Path) -> None:
     extra = _extra(runs / "sd1" / "sd1.safetensors")
     assert "anchors" not in extra and "anchor_loss" not in extra
     assert extra["prediction"] == "x0"
-    assert set(_checkpoint_metadata(runs / "sd1")) == {"step", "param_groups"}
+    assert set(_checkpoint_metadata(runs / "sd1")) == {"step", "param_groups", "train_seconds"}
     assert "anchors" not in json.loads((runs / "sd1" / "sd1.json").read_text())
     assert set(_extra(runs / "sd2" / "sd2.safetensors")["anchors"]) == {"4", "20"}
 
