@@ -23,7 +23,7 @@ import SimpleITK as sitk
 from tqdm import tqdm
 
 import pet_recon
-from pet_recon.errors import PetReconError
+from pet_recon.errors import PetReconError, warn
 from pet_recon.io.metadata import SeriesMeta, VolumeGeometry
 from pet_recon.io.resample import resample_volume
 from pet_recon.io.series import read_series
@@ -41,12 +41,6 @@ if TYPE_CHECKING:
     from pet_recon.cascade import Cascade
 
 log = logging.getLogger(__name__)
-
-
-def _warn(warnings: list[str], message: str) -> None:
-    """Log ``message`` (stderr in the CLI) and keep it for the report."""
-    log.warning(message)
-    warnings.append(message)
 
 
 FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
@@ -296,7 +290,7 @@ def _anatomy_planes(opts: CascadeOptions, cascade: Cascade, volume: np.ndarray,
     modality = str(report["modality"])
     hashes = cascade.anatomy.hashes(modality)  # loads and verifies the branch, or refuses
     warnings.extend(f"anatomy: {text}" for text in report["warnings"])  # logged by the reader
-    _warn(warnings, MR_LEAK_WARNING if modality == "MR" else CT_LEAK_WARNING)
+    warn(warnings, MR_LEAK_WARNING if modality == "MR" else CT_LEAK_WARNING, log)
     on_grid = resample_volume(anatomy, meta.geometry, grid, default=report["outside_value"])
     if modality == "CT":
         normalised = normalise_ct(on_grid)
@@ -348,8 +342,8 @@ def _restore_mig_dm(volume_suv: np.ndarray, meta: SeriesMeta, opts: CascadeOptio
         source = f"measured ({opts.sino})"
     else:
         source = "projected from the low-dose image (no --sino given)"
-        _warn(warnings, "no sinogram given: the sinogram branch uses the projection of the "
-                        "low-dose image")
+        warn(warnings, "no sinogram given: the sinogram branch uses the projection of the "
+                       "low-dose image", log)
     record = build_record(meta, drf=opts.drf)
     prompt = opts.prompt if opts.prompt is not None else render_prompt(record)
     levels: dict[int, int] = {}
@@ -357,11 +351,11 @@ def _restore_mig_dm(volume_suv: np.ndarray, meta: SeriesMeta, opts: CascadeOptio
         drf = 1.0 / record.dose_fraction if record.dose_fraction else None
         levels = _anchor_levels(cascade.anchors, drf, path)
         if not levels:
-            _warn(warnings, f"--progressive: no dose anchor lies between full dose and the "
-                            f"input's dose (anchors {sorted(cascade.anchors)}, input DRF "
-                            f"{drf:g}); no progressive series written")
+            warn(warnings, f"--progressive: no dose anchor lies between full dose and the "
+                           f"input's dose (anchors {sorted(cascade.anchors)}, input DRF "
+                           f"{drf:g}); no progressive series written", log)
     if (problem := uptake_warning(meta)) is not None:
-        _warn(warnings, problem)
+        warn(warnings, problem, log)
     timings["prepare_s"] = time.perf_counter() - t0
     anatomy, anatomy_entry = None, None
     if opts.anatomy is not None:
@@ -405,9 +399,9 @@ def _restore_mig_dm(volume_suv: np.ndarray, meta: SeriesMeta, opts: CascadeOptio
     body = body_mask(volume_suv, meta.geometry.spacing)
     rescale = _body_rescale(back, volume_suv, body) if opts.preserve_mean else 1.0
     if opts.preserve_mean and body.any() and rescale == 1.0 and float(back[body].mean()) <= 0:
-        _warn(warnings, f"{path}: the restored mean over the body is not positive, so the "
-                        "output could not be rescaled to the input's mean SUV; check the "
-                        "weights")
+        warn(warnings, f"{path}: the restored mean over the body is not positive, so the "
+                       "output could not be rescaled to the input's mean SUV; check the "
+                       "weights", log)
     anchors = []
     for k, t_k in levels.items():
         volume_k = resample_volume(anchor_out[k], grid, meta.geometry)
@@ -597,7 +591,7 @@ def reconstruct(
         suv_type: str | None = scale.suv_type
     except SuvUnavailable as exc:
         factors, suv_type = None, None
-        _warn(warnings, f"SUV not available: {exc}")
+        warn(warnings, f"SUV not available: {exc}", log)
 
     n_slices = meta.geometry.shape[0]
     details: dict[str, object] = {}

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import functools
 import json
 import logging
 import math
@@ -459,6 +460,7 @@ class _PromptVolumes:
                     pairs.bqml_per_suv.append(1.0 / record["suv_factor"][str(k)])
         return pairs
 
+    @functools.cached_property
     def distinct(self) -> list[int]:
         """Index of the first volume of every distinct prompt, in reading order."""
         first: dict[str, int] = {}
@@ -488,7 +490,7 @@ class _PromptVolumes:
               ) -> tuple[list[str], torch.Tensor, torch.Tensor]:
         """``size`` random pairs with different prompts (contrastive pairs must be unique),
         one random slice each."""
-        distinct = self.distinct()
+        distinct = self.distinct
         if len(distinct) < size:
             raise PetReconError(f"{len(distinct)} distinct prompts in the training data, fewer "
                                 f"than the batch size {size}; lower --batch-size")
@@ -509,7 +511,7 @@ def _validate_mi_encoder(model: MetaEncoder, tokenizer: Tokenizer, opts: TrainOp
     """
     model.eval()
     pairs = _PromptVolumes.read(opts.data, "val")
-    indices = pairs.distinct()[:batch_size]
+    indices = pairs.distinct[:batch_size]
     if len(indices) < batch_size:
         return {"retrieval_top1": float("nan"), "batches": 0, "batch_size": batch_size,
                 "distinct_prompts": len(indices)}
@@ -1055,7 +1057,7 @@ OPTIONAL_STAGES = ("unet", "anatomy")
 def _train_command(stage: str, options: dict[str, str]) -> str:
     """The ``petrecon train`` command of a run, from its report's options (strings)."""
     flags = [f"--steps {options['steps']}", f"--batch-size {options['batch_size']}"]
-    if float(options.get("lr", "0.0002")) != 2e-4:
+    if float(options.get("lr", TrainOptions.lr)) != TrainOptions.lr:
         flags.append(f"--lr {options['lr']}")
     if options.get("frozen", "None") != "None":
         flags.append("--frozen FROZEN" + (" --trust-frozen"

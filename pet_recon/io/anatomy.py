@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from pet_recon.errors import PetReconError
+from pet_recon.errors import PetReconError, warn
 from pet_recon.io.metadata import SeriesMeta, VolumeGeometry
 from pet_recon.io.resample import antialias_variance, resample_volume
 from pet_recon.io.series import find_series, read_series
@@ -446,11 +446,8 @@ def prepare_anatomy(
         do_register = register
         reason = "registration requested" if register else "registration disabled"
         if not register and differ:
-            warnings.append(
-                "frames of reference differ (or one is missing) but registration is disabled: "
-                "the anatomy is placed by the headers' positions only"
-            )
-            log.warning(warnings[-1])
+            warn(warnings, "frames of reference differ (or one is missing) but registration is "
+                 "disabled: the anatomy is placed by the headers' positions only", log)
     result = None
     if do_register:
         try:
@@ -458,8 +455,7 @@ def prepare_anatomy(
         except PetReconError as exc:
             raise PetReconError(f"{label}: {exc}") from exc
         if not result.converged:
-            warnings.append(f"rigid registration did not converge: {result.stop_condition}")
-            log.warning(warnings[-1])
+            warn(warnings, f"rigid registration did not converge: {result.stop_condition}", log)
     transform = None if result is None else result.transform
     resampled = to_pet_grid(volume, meta.geometry, pet_meta.geometry, transform, label=label)
     variance = antialias_variance(meta.geometry, pet_meta.geometry)

@@ -39,7 +39,7 @@ from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pydicom.valuerep import DA, DT, TM
 
-from pet_recon.errors import PetReconError
+from pet_recon.errors import PetReconError, warn
 from pet_recon.io.metadata import (
     AcquisitionInfo,
     PatientInfo,
@@ -199,11 +199,6 @@ def read_series(
     return _assemble(path, list(summary.files), datasets, warnings)
 
 
-def _warn(warnings: list[str], message: str) -> None:
-    logger.warning(message)
-    warnings.append(message)
-
-
 def _read_header(inp: _Input, label: str) -> Dataset | None:
     """Header of ``label`` when it is a DICOM image, else None.
 
@@ -240,7 +235,8 @@ def _discover(inp: _Input) -> tuple[list[SeriesSummary], list[str]]:
         shown = ", ".join(skipped[:3]) + (
             f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
         )
-        _warn(warnings, f"skipped {len(skipped)} file(s) that are not DICOM images: {shown}")
+        warn(warnings, f"skipped {len(skipped)} file(s) that are not DICOM images: {shown}",
+             logger)
     series = []
     for uid, members in groups.items():
         first = members[0][1]
@@ -426,7 +422,8 @@ def _slice_spacing(
             value = _float(datasets[0].get(keyword))
             if value:
                 return abs(value)
-        _warn(warnings, f"{labels[0]}: single slice without SliceThickness; slice spacing 1 mm")
+        warn(warnings, f"{labels[0]}: single slice without SliceThickness; slice spacing 1 mm",
+             logger)
         return 1.0
     along = np.array([float(p @ normal) for p in positions])
     gaps = np.diff(along)
@@ -543,7 +540,7 @@ def _patient(ds: Dataset, warnings: list[str]) -> PatientInfo:
     """Weight, height, sex and age; names, IDs and birth date are not kept."""
     height = _float(ds.get("PatientSize")) or None
     if height is not None and height > 3.0:
-        _warn(warnings, f"Patient's Size {height:g} taken to be in cm (DICOM uses metres)")
+        warn(warnings, f"Patient's Size {height:g} taken to be in cm (DICOM uses metres)", logger)
         height /= 100.0
     sex = _str(ds.get("PatientSex"))
     return PatientInfo(
@@ -587,9 +584,10 @@ def _radiopharmaceutical(
     if dose is not None and dose <= 0:
         dose = None
     if dose is not None and dose < MBQ_DOSE_LIMIT:
-        _warn(
+        warn(
             warnings,
             f"Radionuclide Total Dose {dose:g} is below {MBQ_DOSE_LIMIT:g} Bq; taken to be in MBq",
+            logger,
         )
         dose *= 1e6
     return Radiopharmaceutical(
@@ -616,16 +614,18 @@ def _injection_start(
         return start
     scan_times = [t for t in (acquisition.series_datetime, *acquisition.acquisition_datetimes) if t]
     if not scan_times:
-        _warn(warnings, "Radiopharmaceutical Start Time without a series or acquisition date")
+        warn(warnings, "Radiopharmaceutical Start Time without a series or acquisition date",
+             logger)
         return None
     scan = min(scan_times)
     start = datetime.combine(scan.date(), start_time)
     if start > scan:
         start -= timedelta(days=1)
-        _warn(
+        warn(
             warnings,
             "Radiopharmaceutical Start Time is after the scan time; injection "
             "taken to be on the day before (before midnight)",
+            logger,
         )
     return start
 
