@@ -15,8 +15,9 @@ is scored against the full-dose image of the same case with :mod:`pet_recon.metr
 
 Ablations of the cascade run at one dose level; speed is measured per stage with the
 cascade's ratio to its compute floor (FLOPs counted by :class:`torch.utils.flop_counter`
-over a bf16 matrix-product rate measured in the same run). With ``anatomy_study`` the
-anatomy study of :mod:`pet_recon.benchmark_anatomy` runs too (issue #7: the cascade without
+over a matrix-product rate measured in the same run, in the precision the cascade computes
+in: bf16 where native, else fp32). With ``anatomy_study`` the anatomy study of
+:mod:`pet_recon.benchmark_anatomy` runs too (issue #7: the cascade without
 and with an MR on brain cases, and two leak checks). The output folder gets
 ``benchmark.json`` (every number), ``table.md`` (the table printed last) and PNG figures.
 """
@@ -289,7 +290,7 @@ class _UNetBaseline:
 
     @torch.no_grad()
     def __call__(self, volume: np.ndarray, meta: SeriesMeta, matrix: int = 128) -> np.ndarray:
-        from pet_recon.cascade import neighbour_stack
+        from pet_recon.cascade import inference_autocast, neighbour_stack
         from pet_recon.models.intensity import reference_value
 
         grid = model_grid(meta, matrix)
@@ -299,7 +300,7 @@ class _UNetBaseline:
         out = np.empty_like(low)
         for start in range(0, low.shape[0], 8):
             x = stacked[start:start + 8].to(self.device)
-            with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16):
+            with inference_autocast(self.device):
                 out[start:start + 8] = self.model(x, None).float()[:, 0].cpu().numpy() * ref
         return resample_volume(out, grid, meta.geometry)
 
@@ -324,10 +325,12 @@ def _nlm(volume: np.ndarray, case: _Case, h: float) -> np.ndarray:
 # ----------------------------------------------------------------------------- speed
 
 
-def matmul_rate(device: torch.device, size: int = 1024, repeats: int = 5) -> float:
-    """Measured bf16 matrix-product rate in FLOP/s (median of ``repeats``; 2 n^3 a product)."""
-    a = torch.randn(size, size, device=device, dtype=torch.bfloat16)
-    b = torch.randn(size, size, device=device, dtype=torch.bfloat16)
+def matmul_rate(device: torch.device, dtype: torch.dtype, size: int = 1024,
+                repeats: int = 5) -> float:
+    """Measured matrix-product rate in ``dtype`` in FLOP/s (median of ``repeats``; 2 n^3 a
+    product)."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
     times = []
     for _ in range(repeats + 1):
         if device.type == "cuda":
@@ -570,14 +573,17 @@ def _ablations(tests: list[_Case], opts: BenchOptions, cascade_opts: CascadeOpti
 
 def _speed(results: dict[str, Any], opts: BenchOptions, cascade_opts: CascadeOptions,
            device: torch.device) -> dict[str, Any]:
+    from pet_recon.cascade import native_bf16
+
     flops = cascade_flops_per_slice(cascade_opts, opts.weights, device)
-    rate = matmul_rate(device)
+    precision = "bf16" if native_bf16(device) else "fp32"  # what the cascade computes in
+    rate = matmul_rate(device, torch.bfloat16 if precision == "bf16" else torch.float32)
     per_family = results["speed"].get("cascade_timings", {})
     network_s = [sum(t["timings"].get(s, 0.0) for s in ("sinogram_branch_s", "sd1_s", "sd2_s"))
                  for t in per_family.values()]
     per_slice = statistics.median(network_s) / opts.slices if network_s else float("nan")
     floor = flops["total"] / rate
-    return {"flops_per_slice": flops, "bf16_matmul_flops_per_s": rate,
+    return {"flops_per_slice": flops, "precision": precision, "matmul_flops_per_s": rate,
             "compute_floor_s_per_slice": floor, "network_s_per_slice": per_slice,
             "ratio_to_floor": per_slice / floor}
 
@@ -688,8 +694,9 @@ def render_table(results: dict[str, Any]) -> str:
         flops = speed["flops_per_slice"]
         lines += ["", f"Cascade network FLOPs per slice: {flops['total'] / 1e9:.1f} G "
                   f"(SD1 + sinogram branch {flops['sd1_and_branch'] / 1e9:.1f} G, SD2 "
-                  f"{flops['sd2'] / 1e9:.1f} G); bf16 matrix products here: "
-                  f"{speed['bf16_matmul_flops_per_s'] / 1e9:.1f} GFLOP/s; compute floor "
+                  f"{flops['sd2'] / 1e9:.1f} G); {speed['precision']} matrix products (the "
+                  f"cascade's precision here): {speed['matmul_flops_per_s'] / 1e9:.1f} "
+                  f"GFLOP/s; compute floor "
                   f"{speed['compute_floor_s_per_slice']:.3f} s/slice; measured "
                   f"{speed['network_s_per_slice']:.3f} s/slice in the networks: "
                   f"{speed['ratio_to_floor']:.1f} x the floor."]

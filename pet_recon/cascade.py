@@ -43,7 +43,7 @@ from pet_recon.diffusion.schedule import NoiseSchedule, randn_like, resample
 from pet_recon.errors import PetReconError
 from pet_recon.meta.encoder import MetaEncoder, load_meta_encoder
 from pet_recon.meta.tokenizer import Tokenizer
-from pet_recon.models.anatomy import AnatomyBranch
+from pet_recon.models.anatomy import AnatomyBranch, bound_to_detail
 from pet_recon.models.sinogram import (
     SinogramBranch,
     SinogramRestoration,
@@ -207,8 +207,8 @@ class Cascade:
                    anatomy=_load_anatomy(folder, registry, int(extra["neighbours"]), device))
 
     def _autocast(self) -> torch.autocast:
-        """bf16 autocast, as in training (about 2x faster convolutions on a CPU)."""
-        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        """bf16 autocast where the device computes bf16 natively (:func:`native_bf16`)."""
+        return inference_autocast(self.device)
 
     @torch.no_grad()
     def restore(
@@ -230,6 +230,7 @@ class Cascade:
         anchor_images: dict[int, torch.Tensor] | None = None,
         anatomy: torch.Tensor | None = None,
         modality: str = "MR",
+        anatomy_sigma_px: tuple[float, float] | Sequence[tuple[float, float]] | None = None,
         callback: Callable[[str, Any], None] | None = None,
         timings: dict[str, float] | None = None,
     ) -> torch.Tensor:
@@ -284,6 +285,14 @@ class Cascade:
             modality's branch (:data:`ANATOMY_BRANCH_FILES`).
         modality : {"MR", "CT"}
             The modality of ``anatomy``.
+        anatomy_sigma_px : tuple of float, optional
+            With ``anatomy``: the guard against anatomy leaking into function
+            (:func:`~pet_recon.models.anatomy.bound_to_detail`). The PET-only SD2 restores
+            the same resampled state with the same noise too, and the guided output keeps
+            only the change finer than a Gaussian of this standard deviation (pixels along
+            rows and columns; one pair, or one per slice); the progressive estimates are
+            then the PET-only SD2's (the SD2 trained with the dose anchors). None: the
+            guided output as it is. Costs one more SD2 pass.
         callback : callable, optional
             ``callback(stage, step_info)`` after every sampler step (``stage`` is "sd1" or
             "sd2").
@@ -313,6 +322,9 @@ class Cascade:
         if anatomy is not None and tuple(anatomy.shape) != tuple(low_dose.shape):
             raise PetReconError(f"anatomy planes {tuple(anatomy.shape)} do not match the "
                                 f"low-dose planes {tuple(low_dose.shape)}")
+        bounded = anatomy is not None and anatomy_sigma_px is not None
+        if bounded and sd2_first:
+            raise PetReconError("the anatomy bound needs SD2 after SD1 (not with sd2_first)")
         sample = SAMPLERS[sampler]
         clock = _Clock(timings)
         x_cond = low_dose.to(self.device, torch.float32)
@@ -348,6 +360,11 @@ class Cascade:
                 return sd2(torch.cat([x_t, x_cond], 1), t, context=tokens, context_mask=mask,
                            stage_features=anatomy_features).float()
 
+        def pet_only_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            with self._autocast():
+                return self.sd2(torch.cat([x_t, x_cond], 1), t, context=tokens,
+                                context_mask=mask).float()
+
         (first, first_fn), (second, second_fn) = (("sd1", sd1_fn), ("sd2", sd2_fn))[
             :: -1 if sd2_first else 1]
         x_T = (randn_like(x_cond[:, :1], generator) if noise is None
@@ -361,13 +378,16 @@ class Cascade:
         # eps of the resampling step, drawn as resample() would draw it
         eps_n = randn_like(x, generator) if noise is None else noise[1].to(x).expand_as(x)
         x_n = resample(x, resample_step, self.schedule, noise=eps_n)
+        # The progressive estimates come from the SD2 whose trajectory gives the output, or,
+        # with the anatomy bound, from the PET-only SD2 (trained with the anchors).
+        anchor_fn = pet_only_fn if bounded else second_fn
         pending = sorted(anchor_steps)
         for t_k in [t_k for t_k in pending if t_k >= resample_step]:
             # MAP-Diff anchor at or above N: SD1's output re-noised to t_k (same eps)
-            anchor_images[t_k] = _at(second_fn, self.schedule.q_sample(x, t_k, eps_n), t_k)
+            anchor_images[t_k] = _at(anchor_fn, self.schedule.q_sample(x, t_k, eps_n), t_k)
         pending = [t_k for t_k in pending if t_k < resample_step]
 
-        def on_step(info: SamplerStep) -> None:
+        def anchors(info: SamplerStep) -> None:
             for t_k in [t_k for t_k in pending if info.t >= t_k > info.t_next]:
                 if t_k == info.t:
                     anchor_images[t_k] = info.x0_pred
@@ -375,15 +395,51 @@ class Cascade:
                 # DDIM move from x_t to x_{t_k} (Song et al. Eq. 12, eta = 0), then x0_hat
                 eps_hat = self.schedule.predict_eps_from_x0(info.x_t, info.t, info.x0_pred)
                 x_k = self.schedule.q_sample(info.x0_pred, t_k, eps_hat)
-                anchor_images[t_k] = _at(second_fn, x_k, t_k)
+                anchor_images[t_k] = _at(anchor_fn, x_k, t_k)
+
+        def on_step(info: SamplerStep) -> None:
+            if not bounded:
+                anchors(info)
             if callback is not None:
                 callback(second, info)
 
-        x = sample(second_fn, x_n, self.schedule, t_start=resample_step,
-                   steps=min(sd2_steps, resample_step), generator=generator,
+        n_steps = min(sd2_steps, resample_step)
+        x_pet = None
+        if bounded:
+            # The PET-only SD2 from the same x_N; DDPM's draws repeated for the guided pass.
+            state = None if generator is None else generator.get_state()
+            x_pet = sample(pet_only_fn, x_n, self.schedule, t_start=resample_step,
+                           steps=n_steps, generator=generator,
+                           callback=anchors if pending else None)
+            if state is not None:
+                generator.set_state(state)
+        x = sample(second_fn, x_n, self.schedule, t_start=resample_step, steps=n_steps,
+                   generator=generator,
                    callback=on_step if (pending or callback is not None) else None)
+        if x_pet is not None:
+            x = bound_to_detail(x, x_pet, anatomy_sigma_px)  # type: ignore[arg-type]
         clock.lap(f"{second}_s")
         return x
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 natively: CUDA, or a CPU with AVX512-BF16 or AMX.
+
+    Elsewhere PyTorch emulates bf16 and autocast slows the networks down instead of
+    speeding them up (on an AVX-512 CPU without either: a 64-channel 3x3 convolution 2.7x
+    slower than in fp32, where a CPU with AMX runs it about 2x faster; ``docs/benchmark.md``).
+    """
+    if device.type == "cuda":
+        return True
+    cpu = torch.cpu
+    return bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
+                or getattr(cpu, "_is_amx_tile_supported", lambda: False)())
+
+
+def inference_autocast(device: torch.device) -> torch.autocast:
+    """bf16 autocast (as in training) where :func:`native_bf16`, else a disabled one (fp32)."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16,
+                          enabled=native_bf16(device))
 
 
 def _load_anatomy(folder: Path, registry: dict[str, Any], neighbours: int,

@@ -111,6 +111,12 @@ def reconstruct(
                                   help="Register the MR/CT to the PET rigidly (default: only "
                                        "when their frames of reference differ).")
     ] = None,
+    anatomy_detail: Annotated[
+        float, typer.Option(min=0.0, max=50.0,
+                            help="With --anatomy: the MR/CT may change the PET-only restoration "
+                                 "only in details finer than a Gaussian of this FWHM (mm); 0: "
+                                 "no bound (docs/anatomy.md).")
+    ] = 6.0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     batch_size: Annotated[int, typer.Option(min=1, max=512, help="Slices at once.")] = 8,
     weights: Annotated[
@@ -140,7 +146,8 @@ def reconstruct(
                              resample_step=resample_step, sampler=sampler, seed=seed,
                              samples=samples, shared_noise=shared_noise, device=device,
                              batch_size=batch_size, weights=weights, progressive=progressive,
-                             anatomy=anatomy, register=register)
+                             anatomy=anatomy, register=register,
+                             anatomy_detail_fwhm_mm=anatomy_detail)
     result = run(
         in_path, out_dir, method=method, fwhm_mm=fwhm, series_uid=series_uid,
         overwrite=overwrite, report_path=report, preview_path=preview,

@@ -264,6 +264,7 @@ class SliceStream(torch.utils.data.IterableDataset):
                 "ref": refs[k],
                 "prompt": record["levels"][str(k)]["prompt"],
                 "case_id": record["case_id"],
+                "pixel_mm": float(record["pixel_mm"]),
             }
             if self.with_levels:
                 item["levels"] = {k: volume[p : p + 1] for k, volume in every_level.items()}

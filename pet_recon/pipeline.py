@@ -75,6 +75,11 @@ def gaussian_filter(volume: np.ndarray, meta: SeriesMeta, fwhm_mm: float) -> np.
     return sitk.GetArrayFromImage(smoothed).astype(np.float32)
 
 
+#: Default of ``--anatomy-detail``: FWHM (mm) of the Gaussian above whose scale the MR or CT
+#: may not change the PET-only restoration (chosen on a validation case, ``docs/anatomy.md``).
+ANATOMY_DETAIL_FWHM_MM = 6.0
+
+
 @dataclass
 class CascadeOptions:
     """Options of ``--method mig-dm`` (see ``petrecon reconstruct --help``).
@@ -133,6 +138,11 @@ class CascadeOptions:
     register : bool or None
         With ``anatomy``: rigid registration of the MR or CT to the PET; None (default) only
         when their frames of reference differ, True always, False never.
+    anatomy_detail_fwhm_mm : float
+        With ``anatomy``: the MR or CT may change the PET-only restoration only in details
+        finer than a Gaussian of this FWHM (mm, in plane); coarser, the PET-only SD2's output
+        is kept (:func:`pet_recon.models.anatomy.bound_to_detail`, ``docs/anatomy.md``). 0
+        turns the bound off (the guided SD2's output as it is).
     """
 
     sino: Path | None = None
@@ -155,6 +165,7 @@ class CascadeOptions:
     progressive: bool = False
     anatomy: Path | None = None
     register: bool | None = None
+    anatomy_detail_fwhm_mm: float = ANATOMY_DETAIL_FWHM_MM
 
 
 @dataclass
@@ -322,7 +333,7 @@ def _restore_mig_dm(volume_suv: np.ndarray, meta: SeriesMeta, opts: CascadeOptio
     the report's details and the progressive outputs (empty unless ``opts.progressive``)."""
     import torch
 
-    from pet_recon.cascade import Cascade, neighbour_stack
+    from pet_recon.cascade import Cascade, native_bf16, neighbour_stack
     from pet_recon.diffusion.schedule import randn_like
 
     device = resolve_device(opts.device)
@@ -363,6 +374,13 @@ def _restore_mig_dm(volume_suv: np.ndarray, meta: SeriesMeta, opts: CascadeOptio
         anatomy, anatomy_entry = _anatomy_planes(opts, cascade, volume_suv, meta, grid, warnings)
         timings["anatomy_s"] = time.perf_counter() - t0
 
+    sigma_px = None
+    if anatomy_entry is not None and opts.anatomy_detail_fwhm_mm > 0:
+        sigma_mm = opts.anatomy_detail_fwhm_mm * FWHM_TO_SIGMA
+        sigma_px = (sigma_mm / grid.spacing[1], sigma_mm / grid.spacing[0])  # rows, columns
+    if anatomy_entry is not None:
+        anatomy_entry["detail_bound"] = None if sigma_px is None else {
+            "fwhm_mm": opts.anatomy_detail_fwhm_mm, "sigma_px": list(sigma_px)}
     stacked = neighbour_stack(low / ref, cascade.neighbours)
     generator = torch.Generator().manual_seed(opts.seed)
     out = np.zeros_like(low)
@@ -385,6 +403,7 @@ def _restore_mig_dm(volume_suv: np.ndarray, meta: SeriesMeta, opts: CascadeOptio
                 use_prompt=opts.use_prompt, sd2_first=opts.sd2_first, noise=noise,
                 anchor_steps=sorted(set(levels.values())), anchor_images=anchor_images,
                 anatomy=planes, modality=str((anatomy_entry or {}).get("modality", "MR")),
+                anatomy_sigma_px=sigma_px,
                 timings=stage_s)
             out[start:stop] += restored[:, 0].float().cpu().numpy() * (ref / opts.samples)
             for k, t_k in levels.items():
@@ -409,6 +428,7 @@ def _restore_mig_dm(volume_suv: np.ndarray, meta: SeriesMeta, opts: CascadeOptio
         anchors.append(AnchorVolume(k, t_k, volume_k, factor))
     info: dict[str, object] = {
         "device": str(device),
+        "precision": "bf16 autocast" if native_bf16(device) else "fp32",
         "weights_sha256": cascade.hashes,
         "model_grid": {"matrix": matrix, "pixel_mm": list(grid.spacing[:2])},
         "intensity_reference": ref,

@@ -998,9 +998,11 @@ def validate_cascade(folder: Path, data: Path, device: torch.device, *, slices: 
     anatomy-guided SD2, also of the cascade with it for each modality it was trained with and
     has the branch of (``psnr_db_cascade_anatomy`` with the slices' MR,
     ``psnr_db_cascade_anatomy_ct`` with their CT, moved as in training by
-    :class:`~pet_recon.dataset.SliceStream`; each its own generator seeded with ``seed``)."""
+    :class:`~pet_recon.dataset.SliceStream`; each its own generator seeded with ``seed``;
+    bounded to detail as by ``reconstruct``'s default ``--anatomy-detail``)."""
     from pet_recon.cascade import Cascade
     from pet_recon.metrics import psnr
+    from pet_recon.pipeline import ANATOMY_DETAIL_FWHM_MM, FWHM_TO_SIGMA
 
     cascade = Cascade.load(folder, device)
     modalities = cascade.anatomy.available if cascade.anatomy is not None else []
@@ -1022,6 +1024,8 @@ def validate_cascade(folder: Path, data: Path, device: torch.device, *, slices: 
         batch = _collate(items[start:start + 8])
         ref = batch["ref"][:, None, None, None]
         low = batch["ld"] / ref
+        sigma_mm = ANATOMY_DETAIL_FWHM_MM * FWHM_TO_SIGMA  # the reconstruct default
+        sigma_px = [(sigma_mm / float(mm), sigma_mm / float(mm)) for mm in batch["pixel_mm"]]
         passes = [("sd1", 0, None, "MR", generator),
                   ("cascade", resample_step, None, "MR", generator)]
         passes += [(names[m], resample_step, torch.stack(anatomy[m][start:start + 8]), m,
@@ -1029,8 +1033,8 @@ def validate_cascade(folder: Path, data: Path, device: torch.device, *, slices: 
         for name, n, planes, modality, gen in passes:
             out = cascade.restore(low, batch["sino_ld"], batch["prompt"],
                                   steps=steps, sd2_steps=sd2_steps, resample_step=n,
-                                  generator=gen, anatomy=planes,
-                                  modality=modality) * ref.to(device)
+                                  generator=gen, anatomy=planes, modality=modality,
+                                  anatomy_sigma_px=sigma_px) * ref.to(device)
             for i in range(out.shape[0]):
                 fd = batch["fd"][i, 0].numpy()
                 scores[name].append(psnr(out[i, 0].float().cpu().numpy(), fd))

@@ -26,6 +26,8 @@ from pet_recon.errors import PetReconError
 from pet_recon.models.anatomy import (
     TISSUE_CLASSES,
     AnatomyBranch,
+    bound_to_detail,
+    gaussian_blur,
     normalise_ct,
     normalise_mr,
     route_by_modality,
@@ -81,6 +83,33 @@ def test_anatomy_branch_outputs_match_unet_stage_contract(neighbours: int) -> No
     assert [tuple(f.shape) for f in encoded] == [(2, 8, 32, 48), (2, 8, 16, 24),
                                                  (2, 16, 8, 12), (2, 16, 4, 6)]
     assert branch.segment(encoded).shape == (2, len(TISSUE_CLASSES), 32, 48)
+
+
+def test_gaussian_blur_keeps_constants_and_spreads_a_point_by_sigma() -> None:
+    flat = torch.full((2, 1, 24, 20), 3.0)
+    assert torch.allclose(gaussian_blur(flat, (2.0, 1.5)), flat, atol=1e-6)
+    point = torch.zeros(1, 1, 41, 41)
+    point[0, 0, 20, 20] = 1.0
+    spread = gaussian_blur(point, (2.0, 3.0))[0, 0]
+    assert float(spread.sum()) == pytest.approx(1.0, abs=1e-5)
+    x = torch.arange(41, dtype=torch.float32) - 20
+    assert float((spread.sum(1) * x**2).sum()).__pow__(0.5) == pytest.approx(2.0, rel=0.02)
+    assert float((spread.sum(0) * x**2).sum()).__pow__(0.5) == pytest.approx(3.0, rel=0.02)
+    assert torch.equal(gaussian_blur(point, (0.0, 0.0)), point)
+
+
+def test_bound_to_detail_removes_a_wide_change_and_keeps_a_fine_one() -> None:
+    yy, xx = torch.meshgrid(torch.arange(96.0), torch.arange(96.0), indexing="ij")
+    disc = ((yy - 48) ** 2 + (xx - 48) ** 2 <= 18**2).float()  # a 36-pixel MR-only structure
+    stripes = torch.where((xx.long() // 2) % 2 == 0, 1.0, -1.0)  # a 4-pixel-period detail
+    pet_only = torch.full((1, 1, 96, 96), 5.0)
+    wide = bound_to_detail(pet_only - 0.5 * disc, pet_only, (2.0, 2.0)) - pet_only
+    inner = (yy - 48) ** 2 + (xx - 48) ** 2 <= 12**2
+    assert float(wide[0, 0][inner].abs().max()) < 0.005  # was -0.5 everywhere inside
+    fine = bound_to_detail(pet_only + 0.1 * stripes, pet_only, (2.0, 2.0)) - pet_only
+    centre = (slice(16, 80), slice(16, 80))
+    assert torch.allclose(fine[0, 0][centre], 0.1 * stripes[centre], atol=0.005)
+    assert torch.equal(bound_to_detail(pet_only, pet_only, (2.0, 2.0)), pet_only)
 
 
 def test_anatomy_branch_default_is_small_and_config_round_trips(tmp_path: Path) -> None:
@@ -413,6 +442,42 @@ def test_cascade_anchor_estimates_with_anatomy_leave_main_output_unchanged(
     assert all(v.shape == (2, 1, 32, 32) and torch.isfinite(v).all() for v in images.values())
 
 
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+def test_cascade_restore_anatomy_bound_is_guided_detail_on_pet_only(guided: Path,
+                                                                    sampler: str) -> None:
+    cascade = Cascade.load(guided / "weights", CPU)
+    low, mr = _inputs(cascade)
+    kwargs = {"steps": 2, "sd2_steps": 2, "resample_step": 50, "sampler": sampler}
+
+    def run(**extra: object) -> torch.Tensor:
+        return cascade.restore(low, None, "PET FDG.", **kwargs, **extra,
+                               generator=torch.Generator().manual_seed(5))
+
+    pet_only, guided_out = run(), run(anatomy=mr)
+    assert not torch.allclose(pet_only, guided_out)
+    bounded = run(anatomy=mr, anatomy_sigma_px=(1.5, 2.0))
+    expected = bound_to_detail(guided_out, pet_only, (1.5, 2.0))
+    assert torch.allclose(bounded, expected, atol=1e-5)
+    assert not torch.allclose(bounded, guided_out) and not torch.allclose(bounded, pet_only)
+    per_item = run(anatomy=mr, anatomy_sigma_px=[(1.5, 2.0), (1.5, 2.0)])
+    assert torch.allclose(per_item, bounded, atol=1e-6)
+
+
+def test_cascade_restore_anatomy_bound_anchors_from_pet_only_sd2(guided: Path) -> None:
+    cascade = Cascade.load(guided / "weights", CPU)
+    low, mr = _inputs(cascade)
+    kwargs = {"steps": 2, "sd2_steps": 2, "resample_step": 50, "anchor_steps": [18, 80]}
+    pet_images: dict[int, torch.Tensor] = {}
+    cascade.restore(low, None, "PET FDG.", **kwargs, anchor_images=pet_images,
+                    generator=torch.Generator().manual_seed(6))
+    bounded_images: dict[int, torch.Tensor] = {}
+    cascade.restore(low, None, "PET FDG.", **kwargs, anchor_images=bounded_images, anatomy=mr,
+                    anatomy_sigma_px=(2.0, 2.0), generator=torch.Generator().manual_seed(6))
+    assert sorted(bounded_images) == [18, 80]
+    for t_k in (18, 80):
+        assert torch.allclose(bounded_images[t_k], pet_images[t_k], atol=1e-6)
+
+
 def test_cascade_restore_anatomy_errors(runs: Path, guided: Path, tmp_path: Path) -> None:
     pet_only = Cascade.load(runs / "weights", CPU)
     low, mr = _inputs(pet_only)
@@ -421,6 +486,9 @@ def test_cascade_restore_anatomy_errors(runs: Path, guided: Path, tmp_path: Path
     cascade = Cascade.load(guided / "weights", CPU)
     with pytest.raises(PetReconError, match="do not match the low-dose planes"):
         cascade.restore(low, None, "PET FDG.", steps=1, sd2_steps=1, anatomy=mr[:, :1])
+    with pytest.raises(PetReconError, match="anatomy bound needs SD2 after SD1"):
+        cascade.restore(low, None, "PET FDG.", steps=1, sd2_steps=1, anatomy=mr,
+                        anatomy_sigma_px=(1.0, 1.0), sd2_first=True)
     folder = tmp_path / "w"
     shutil.copytree(guided / "weights", folder)
     (folder / "anatomy-branch-ct.safetensors").unlink()
@@ -509,6 +577,11 @@ def test_reconstruct_with_anatomy_end_to_end(guided: Path, brain_case: Path,
     assert entry["weights_sha256"] == {
         name: sha256_file(guided / "weights" / name) for name in ANATOMY_FILES.values()}
     assert entry["normalisation"]["percentile"] == 99.0
+    pixel_mm = report["parameters"]["model_grid"]["pixel_mm"]
+    sigma_mm = options.anatomy_detail_fwhm_mm / (2 * np.sqrt(2 * np.log(2)))
+    assert entry["detail_bound"]["fwhm_mm"] == options.anatomy_detail_fwhm_mm > 0
+    assert entry["detail_bound"]["sigma_px"] == pytest.approx(
+        [sigma_mm / pixel_mm[1], sigma_mm / pixel_mm[0]])
     assert "anatomy_s" in report["parameters"]["timings"]
     assert MR_LEAK_WARNING in report["warnings"]
     assert json.loads((tmp_path / "run.json").read_text())["parameters"]["anatomy"] == entry
@@ -516,9 +589,11 @@ def test_reconstruct_with_anatomy_end_to_end(guided: Path, brain_case: Path,
     assert volume.shape == (4, 32, 32) and np.isfinite(volume).all()
     assert "MR-guided SD2 (M2Diff)" in meta.headers[0].DerivationDescription
     unregistered = reconstruct(brain_case / "ld_drf20", tmp_path / "out2", method="mig-dm",
-                               cascade=replace(options, register=False), progress=False)
+                               cascade=replace(options, register=False,
+                                               anatomy_detail_fwhm_mm=0.0), progress=False)
     entry = unregistered["parameters"]["anatomy"]
     assert not entry["registered"] and entry["registration_reason"] == "registration disabled"
+    assert entry["detail_bound"] is None
     assert any("registration is disabled" in w for w in unregistered["warnings"])
 
 

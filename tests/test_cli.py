@@ -323,3 +323,17 @@ def test_inspect_meta_gh184_decodes_jpeg_lossless(
     expected = _suv_max(shared_data / "pet_slices" / "GH184.dcm")
     assert expected > 0.5
     assert report["suv_max"] == pytest.approx(expected, rel=1e-9)
+
+
+def test_reconstruct_cli_defaults_equal_cascade_options_defaults() -> None:
+    import inspect
+
+    from pet_recon.cli import reconstruct
+    from pet_recon.pipeline import CascadeOptions
+
+    defaults = {name: p.default for name, p in inspect.signature(reconstruct).parameters.items()}
+    for field in ("steps", "sd2_steps", "resample_step", "seed", "batch_size",
+                  "anatomy_detail"):
+        option = "anatomy_detail_fwhm_mm" if field == "anatomy_detail" else field
+        assert defaults[field] == getattr(CascadeOptions(), option), field
+

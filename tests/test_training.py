@@ -15,7 +15,7 @@ import pydicom
 import pytest
 import torch
 
-from pet_recon.cascade import Cascade, neighbour_stack
+from pet_recon.cascade import Cascade, inference_autocast, native_bf16, neighbour_stack
 from pet_recon.errors import PetReconError
 from pet_recon.training import TrainOptions, train
 
@@ -99,6 +99,20 @@ def test_cascade_restores_slices_deterministically(runs: Path) -> None:
                             generator=torch.Generator().manual_seed(5)) for _ in range(2)]
     assert outs[0].shape == (3, 1, 32, 32)
     torch.testing.assert_close(outs[0], outs[1])
+
+
+@pytest.mark.parametrize(("avx512_bf16", "amx", "native"),
+                         [(False, False, False), (True, False, True), (False, True, True)])
+def test_native_bf16_cpu_follows_bf16_instructions(monkeypatch: pytest.MonkeyPatch,
+                                                   avx512_bf16: bool, amx: bool,
+                                                   native: bool) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    cpu = torch.device("cpu")
+    assert native_bf16(cpu) is native and native_bf16(torch.device("cuda"))
+    with inference_autocast(cpu):
+        out = torch.nn.functional.conv2d(torch.ones(1, 1, 4, 4), torch.ones(1, 1, 3, 3))
+    assert out.dtype == (torch.bfloat16 if native else torch.float32)
 
 
 def test_cascade_sd2_first_swaps_stage_order(runs: Path) -> None:

@@ -20,6 +20,9 @@ with one more modality-specific branch feeding the same U-Net:
   training and inference.
 - :func:`route_by_modality`: a batch that mixes MR and CT items sends each item through its
   own modality's branch.
+- :func:`bound_to_detail`: the guard against anatomy leaking into function. The guided
+  U-Net's output may differ from the PET-only SD2's only in details finer than a Gaussian;
+  at coarser scales (the mean uptake of a region) the PET-only restoration rules.
 
 The tissue classes and the weight of the auxiliary loss are petrecon's choices: the summary
 of the paper does not give them. Classes from the simulator's labels
@@ -312,3 +315,69 @@ class AnatomyBranch(nn.Module):
             output contract of :class:`~pet_recon.models.sinogram.SinogramBranch`.
         """
         return self.fuse(self.encode(anatomy))
+
+
+def gaussian_blur(image: torch.Tensor, sigma_px: tuple[float, float]) -> torch.Tensor:
+    """Separable Gaussian blur of each plane, edges replicated.
+
+    Parameters
+    ----------
+    image : torch.Tensor
+        ``(B, C, H, W)`` float.
+    sigma_px : tuple of float
+        Standard deviation along rows (``H``) and columns (``W``) in pixels; 0 leaves that
+        axis alone. The kernel is cut at 4 standard deviations and normalised to sum 1.
+
+    Returns
+    -------
+    torch.Tensor
+        Same shape, dtype and device.
+    """
+    b, c, h, w = image.shape
+    out = image.reshape(b * c, 1, h, w)
+    for axis, sigma in ((2, sigma_px[0]), (3, sigma_px[1])):
+        if sigma <= 0:
+            continue
+        radius = max(1, int(np.ceil(4.0 * sigma)))
+        x = torch.arange(-radius, radius + 1, dtype=image.dtype, device=image.device)
+        kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+        kernel = (kernel / kernel.sum()).reshape((1, 1, -1, 1) if axis == 2 else (1, 1, 1, -1))
+        pad = (0, 0, radius, radius) if axis == 2 else (radius, radius, 0, 0)
+        out = nn.functional.conv2d(nn.functional.pad(out, pad, mode="replicate"), kernel)
+    return out.reshape(b, c, h, w)
+
+
+def bound_to_detail(guided: torch.Tensor, pet_only: torch.Tensor,
+                    sigma_px: tuple[float, float] | Sequence[tuple[float, float]]
+                    ) -> torch.Tensor:
+    """Keep the anatomy's effect on the restoration to details finer than a Gaussian.
+
+    With ``d = guided - pet_only``, the change that the MR (or CT) made to the PET-only SD2's
+    output from the same resampled state and noise, the result is
+    ``pet_only + d - G * d``: the guided output's fine scales on the PET-only output's coarse
+    ones (``G * pet_only + (guided - G * guided)``). An MR may sharpen what the PET shows
+    (grey-white boundaries, the cortex's partial volume), but the mean uptake over a region
+    wider than the Gaussian, which the PET measures itself, is the PET-only restoration's:
+    a structure seen only on the MR cannot shift it. This is petrecon's guard of issue #7's
+    second leak check (``docs/anatomy.md``, "Bounded guidance"); the summary of the M2Diff
+    paper (Pain et al., arXiv:2603.09075) does not describe one.
+
+    Parameters
+    ----------
+    guided, pet_only : torch.Tensor
+        ``(B, 1, H, W)`` outputs of the anatomy-guided and the PET-only SD2, model intensity.
+    sigma_px : tuple of float, or a sequence of them
+        Standard deviation of ``G`` along rows and columns, in pixels: one pair for the
+        batch, or one per item (slices of different pixel sizes).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, 1, H, W)``, model intensity.
+    """
+    change = guided - pet_only
+    if isinstance(sigma_px[0], (int, float)):
+        return guided - gaussian_blur(change, sigma_px)  # type: ignore[arg-type]
+    return guided - torch.cat([gaussian_blur(change[i : i + 1], tuple(s))
+                               for i, s in enumerate(sigma_px)])  # type: ignore[arg-type]
+
