@@ -395,16 +395,26 @@ def train(
 @app.command()
 @_user_errors
 def publish(
-    runs: Annotated[Path, typer.Option(help="Folder with srm/, mi-encoder/, sd1/, sd2/ runs.")],
     data: Annotated[Path, typer.Option(help="Shards folder (validation split is used).")],
+    runs: Annotated[
+        Path | None, typer.Option(help="Folder with srm/, mi-encoder/, sd1/, sd2/ runs.")
+    ] = None,
     weights: Annotated[Path, typer.Option(help="Weights folder to write.")] = Path("weights"),
+    revalidate: Annotated[
+        bool, typer.Option(help="Copy nothing: validate the weights folder's cascade again "
+                                "and replace its manifest's cascade metrics.")
+    ] = False,
     device: Device = "auto",
 ) -> None:
     """Copy trained weights into a weights folder and list them in its manifest."""
-    from pet_recon.training import publish as run
+    from pet_recon import training
 
+    if (runs is None) != revalidate:
+        raise PetReconError("publish needs --runs, or --revalidate without --runs")
     _setup_logging(quiet=False)
-    typer.echo(json.dumps(run(runs, weights, data, _device(device)), indent=2))
+    result = (training.revalidate(weights, data, _device(device)) if revalidate
+              else training.publish(runs, weights, data, _device(device)))  # type: ignore[arg-type]
+    typer.echo(json.dumps(result, indent=2))
 
 
 @app.command()

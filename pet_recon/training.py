@@ -1077,6 +1077,44 @@ def _train_command(stage: str, options: dict[str, str]) -> str:
     return f"petrecon train {stage} --data DATA --out RUNS/{stage} {' '.join(flags)}"
 
 
+def revalidate(weights: Path, data: Path, device: torch.device) -> dict[str, Any]:
+    """Validate a published weights folder again and replace its cascade metrics.
+
+    For when the way the cascade runs changes and its weights do not (for example the
+    anatomy bound of ``reconstruct``): :func:`validate_cascade` on the data's validation
+    split, written as the ``metrics`` of every cascade file of ``manifest.json`` (all but
+    ``srm``, ``mi-encoder`` and the ``unet`` baseline, whose metrics are their own training
+    runs'), with ``metrics_validated`` (``git_commit``, ``git_dirty``, ``petrecon_version``,
+    ``created``). Files, hashes, configs and training records are left as they are.
+
+    Returns
+    -------
+    dict
+        ``weights``, ``validation`` (the metrics) and ``entries`` (the files updated).
+    """
+    from datetime import UTC, datetime
+
+    import pet_recon
+    from pet_recon.weights import MANIFEST, _git_state, _write_atomic
+
+    manifest_path = weights / MANIFEST
+    if not manifest_path.is_file():
+        raise PetReconError(f"{manifest_path}: not found (publish the weights first)")
+    metrics = validate_cascade(weights, data, device)
+    manifest = json.loads(manifest_path.read_text())
+    own = {name for stage in ("srm", "mi-encoder", "unet") for name in PUBLISHED[stage]}
+    stamp = {**_git_state(), "petrecon_version": pet_recon.__version__,
+             "created": datetime.now(UTC).isoformat(timespec="seconds")}
+    updated = []
+    for name, entry in sorted(manifest["models"].items()):
+        if name not in own:
+            entry["metrics"], entry["metrics_validated"] = dict(metrics), stamp
+            updated.append(name)
+    text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+    _write_atomic(manifest_path, lambda tmp: tmp.write_text(text))
+    return {"weights": str(weights), "validation": metrics, "entries": updated}
+
+
 def publish(runs: Path, weights: Path, data: Path, device: torch.device) -> dict[str, Any]:
     """Copy the weights of the four runs ``runs/<stage>/`` (and of the ``unet`` baseline
     and the ``anatomy``-guided SD2, with its CT branch when trained with CT, where they were

@@ -366,6 +366,36 @@ def test_publish_lists_anatomy_weights(guided: Path, runs: Path) -> None:
     assert Cascade.load(guided / "published", CPU).anatomy is not None
 
 
+def test_publish_revalidate_replaces_only_cascade_metrics(guided: Path, runs: Path,
+                                                          tmp_path: Path) -> None:
+    from pet_recon.cli import app
+
+    folder = tmp_path / "w"
+    shutil.copytree(guided / "weights", folder)
+    path = folder / "manifest.json"
+    before = json.loads(path.read_text())["models"]
+    for entry in before.values():
+        entry["metrics"] = {"stale": 1.0}
+    path.write_text(json.dumps({"format": 1, "models": before}))
+    result = CliRunner().invoke(app, ["publish", "--revalidate", "--weights", str(folder),
+                                      "--data", str(runs / "data"), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    after = json.loads(path.read_text())["models"]
+    assert set(after) == set(before)
+    for name, entry in after.items():
+        unchanged = {k: v for k, v in entry.items() if k not in ("metrics", "metrics_validated")}
+        assert unchanged == {k: v for k, v in before[name].items() if k != "metrics"}
+        if name in ("srm.safetensors", "mi-encoder.safetensors", "unet.safetensors"):
+            assert entry["metrics"] == {"stale": 1.0} and "metrics_validated" not in entry
+        else:
+            assert np.isfinite(entry["metrics"]["psnr_db_cascade_anatomy"])
+            assert entry["metrics_validated"]["git_commit"]
+    assert Cascade.load(folder, CPU).anatomy is not None  # hashes still verify
+    refused = CliRunner().invoke(app, ["publish", "--weights", str(folder),
+                                       "--data", str(runs / "data")])
+    assert refused.exit_code == 2 and "needs --runs, or --revalidate" in refused.output
+
+
 # ----------------------------------------------------------------------------- cascade
 
 
