@@ -250,11 +250,17 @@ def _anchor_levels(anchors: dict[int, int], drf: float | None, path: Path) -> di
     return {k: t for k, t in sorted(anchors.items()) if 1 < k < drf}
 
 
-#: Said in every ``--anatomy`` run's warnings: the benchmark's second leak check fails.
+#: Said in every MR-guided run without the anatomy bound (``--anatomy-detail 0``): the
+#: benchmark's second leak check fails without it.
 MR_LEAK_WARNING = ("anatomy: MR guidance is experimental: in the benchmark's leak check, "
                    "structures seen only on the MR changed the restored uptake there "
                    "(docs/benchmark.md, anatomy study); do not read uptake where MR and PET "
                    "disagree")
+#: Said instead of :data:`MR_LEAK_WARNING` when the anatomy bound is on (``{fwhm}`` in mm).
+MR_BOUNDED_WARNING = ("anatomy: MR guidance changes only details finer than {fwhm:g} mm FWHM "
+                      "(--anatomy-detail); an MR-only structure smaller than that can still "
+                      "change the restored uptake there (docs/anatomy.md); do not read uptake "
+                      "where MR and PET disagree")
 #: Said in every CT-guided run's warnings: the leak checks have been run with MR only.
 CT_LEAK_WARNING = ("anatomy: CT guidance is experimental: the benchmark's leak checks were "
                    "run with MR only; do not read uptake where CT and PET disagree")
@@ -301,7 +307,12 @@ def _anatomy_planes(opts: CascadeOptions, cascade: Cascade, volume: np.ndarray,
     modality = str(report["modality"])
     hashes = cascade.anatomy.hashes(modality)  # loads and verifies the branch, or refuses
     warnings.extend(f"anatomy: {text}" for text in report["warnings"])  # logged by the reader
-    warn(warnings, MR_LEAK_WARNING if modality == "MR" else CT_LEAK_WARNING, log)
+    if modality == "CT":
+        warn(warnings, CT_LEAK_WARNING, log)
+    elif opts.anatomy_detail_fwhm_mm > 0:
+        warn(warnings, MR_BOUNDED_WARNING.format(fwhm=opts.anatomy_detail_fwhm_mm), log)
+    else:
+        warn(warnings, MR_LEAK_WARNING, log)
     on_grid = resample_volume(anatomy, meta.geometry, grid, default=report["outside_value"])
     if modality == "CT":
         normalised = normalise_ct(on_grid)

@@ -593,7 +593,12 @@ def test_simulated_anatomy_series_of_pet_study_conforms(
 def test_reconstruct_with_anatomy_end_to_end(guided: Path, brain_case: Path,
                                              tmp_path: Path) -> None:
     from pet_recon.io.series import read_series
-    from pet_recon.pipeline import MR_LEAK_WARNING, CascadeOptions, reconstruct
+    from pet_recon.pipeline import (
+        MR_BOUNDED_WARNING,
+        MR_LEAK_WARNING,
+        CascadeOptions,
+        reconstruct,
+    )
 
     options = CascadeOptions(anatomy=brain_case / "mr", drf=20, steps=2, sd2_steps=2,
                              weights=guided / "weights", device="cpu")
@@ -613,7 +618,8 @@ def test_reconstruct_with_anatomy_end_to_end(guided: Path, brain_case: Path,
     assert entry["detail_bound"]["sigma_px"] == pytest.approx(
         [sigma_mm / pixel_mm[1], sigma_mm / pixel_mm[0]])
     assert "anatomy_s" in report["parameters"]["timings"]
-    assert MR_LEAK_WARNING in report["warnings"]
+    assert MR_BOUNDED_WARNING.format(fwhm=options.anatomy_detail_fwhm_mm) in report["warnings"]
+    assert MR_LEAK_WARNING not in report["warnings"]
     assert json.loads((tmp_path / "run.json").read_text())["parameters"]["anatomy"] == entry
     volume, meta = read_series(tmp_path / "out")
     assert volume.shape == (4, 32, 32) and np.isfinite(volume).all()
@@ -623,7 +629,7 @@ def test_reconstruct_with_anatomy_end_to_end(guided: Path, brain_case: Path,
                                                anatomy_detail_fwhm_mm=0.0), progress=False)
     entry = unregistered["parameters"]["anatomy"]
     assert not entry["registered"] and entry["registration_reason"] == "registration disabled"
-    assert entry["detail_bound"] is None
+    assert entry["detail_bound"] is None and MR_LEAK_WARNING in unregistered["warnings"]
     assert any("registration is disabled" in w for w in unregistered["warnings"])
 
 
