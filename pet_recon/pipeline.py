@@ -80,6 +80,20 @@ def gaussian_filter(volume: np.ndarray, meta: SeriesMeta, fwhm_mm: float) -> np.
 ANATOMY_DETAIL_FWHM_MM = 6.0
 
 
+def detail_sigma_px(fwhm_mm: float, pixel_mm: tuple[float, float]) -> tuple[float, float]:
+    """Standard deviation in pixels (rows, columns) of the anatomy bound's Gaussian.
+
+    Parameters
+    ----------
+    fwhm_mm : float
+        ``--anatomy-detail``: the Gaussian's FWHM in mm.
+    pixel_mm : tuple of float
+        Pixel spacing ``(x, y)`` in mm (columns, rows), as in ``VolumeGeometry.spacing``.
+    """
+    sigma_mm = fwhm_mm * FWHM_TO_SIGMA
+    return sigma_mm / pixel_mm[1], sigma_mm / pixel_mm[0]
+
+
 @dataclass
 class CascadeOptions:
     """Options of ``--method mig-dm`` (see ``petrecon reconstruct --help``).
@@ -387,8 +401,7 @@ def _restore_mig_dm(volume_suv: np.ndarray, meta: SeriesMeta, opts: CascadeOptio
 
     sigma_px = None
     if anatomy_entry is not None and opts.anatomy_detail_fwhm_mm > 0:
-        sigma_mm = opts.anatomy_detail_fwhm_mm * FWHM_TO_SIGMA
-        sigma_px = (sigma_mm / grid.spacing[1], sigma_mm / grid.spacing[0])  # rows, columns
+        sigma_px = detail_sigma_px(opts.anatomy_detail_fwhm_mm, grid.spacing[:2])
     if anatomy_entry is not None:
         anatomy_entry["detail_bound"] = None if sigma_px is None else {
             "fwhm_mm": opts.anatomy_detail_fwhm_mm, "sigma_px": list(sigma_px)}

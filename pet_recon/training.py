@@ -1002,7 +1002,7 @@ def validate_cascade(folder: Path, data: Path, device: torch.device, *, slices: 
     bounded to detail as by ``reconstruct``'s default ``--anatomy-detail``)."""
     from pet_recon.cascade import Cascade
     from pet_recon.metrics import psnr
-    from pet_recon.pipeline import ANATOMY_DETAIL_FWHM_MM, FWHM_TO_SIGMA
+    from pet_recon.pipeline import ANATOMY_DETAIL_FWHM_MM, detail_sigma_px
 
     cascade = Cascade.load(folder, device)
     modalities = cascade.anatomy.available if cascade.anatomy is not None else []
@@ -1024,8 +1024,8 @@ def validate_cascade(folder: Path, data: Path, device: torch.device, *, slices: 
         batch = _collate(items[start:start + 8])
         ref = batch["ref"][:, None, None, None]
         low = batch["ld"] / ref
-        sigma_mm = ANATOMY_DETAIL_FWHM_MM * FWHM_TO_SIGMA  # the reconstruct default
-        sigma_px = [(sigma_mm / float(mm), sigma_mm / float(mm)) for mm in batch["pixel_mm"]]
+        sigma_px = [detail_sigma_px(ANATOMY_DETAIL_FWHM_MM, (float(mm), float(mm)))
+                    for mm in batch["pixel_mm"]]  # reconstruct's default bound
         passes = [("sd1", 0, None, "MR", generator),
                   ("cascade", resample_step, None, "MR", generator)]
         passes += [(names[m], resample_step, torch.stack(anatomy[m][start:start + 8]), m,
