@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import zipfile
 from collections.abc import Callable
 from datetime import datetime
@@ -167,6 +168,13 @@ def test_read_series_file_without_preamble(shared_data: Path, tmp_path: Path) ->
         pydicom.dcmwrite(path, ds, implicit_vr=True, little_endian=True)
     volume, _ = read_series(folder)
     assert float(volume.max()) == 14400.0
+
+
+def test_read_series_other_series_named_in_warning(shared_data: Path) -> None:
+    _, meta = read_series(shared_data / "suv_dro" / "DRO_0_0")
+    others = [w for w in meta.warnings if "not read" in w]
+    assert len(others) == 1
+    assert re.search(r"not read: 1 other series: RTSTRUCT [0-9.]+ \(", others[0])
 
 
 def test_find_series_lists_pet_and_rtstruct(shared_data: Path) -> None:

@@ -190,11 +190,22 @@ def read_series(
     PetReconError
         No or several matching series, inconsistent geometry, unreadable pixel data; the
         message names the file or folder and the problem.
+
+    Notes
+    -----
+    Other series under ``path`` (an RTSTRUCT, the CT, another modality) are not read; a
+    warning in ``meta.warnings`` names them.
     """
     path = Path(path)
     with _Input(path) as inp:
         found, warnings = _discover(inp)
         summary = _choose(path, found, series_uid, modality)
+        others = [s for s in found if s is not summary]
+        if others:  # an RTSTRUCT, a CT or another PET series beside the chosen one
+            shown = "; ".join(f"{s.modality} {s.describe()}" for s in others[:3]) + (
+                f" and {len(others) - 3} more" if len(others) > 3 else "")
+            warn(warnings, f"{path}: read series {summary.series_instance_uid}; "
+                 f"not read: {len(others)} other series: {shown}", logger)
         datasets = [_read_full(inp, label) for label in summary.files]
     return _assemble(path, list(summary.files), datasets, warnings)
 
