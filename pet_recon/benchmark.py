@@ -83,7 +83,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "N = 5": {"resample_step": 5},
     "N = 150": {"resample_step": 150},
     "N = 400": {"resample_step": 400},
-    "SD1 5 steps": {"steps": 5},
+    "SD1 10 steps": {"steps": 10},
     "SD1 20 steps": {"steps": 20},
     "mean of 4 samples": {"samples": 4},
     "noise drawn per plane": {"shared_noise": False},

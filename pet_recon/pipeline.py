@@ -107,7 +107,8 @@ class CascadeOptions:
     drf : float or None
         Dose reduction factor for the prompt (else estimated from the injected activity).
     steps, sd2_steps : int
-        Sampler steps of SD1 and SD2.
+        Sampler steps of SD1 and SD2. SD1's default of 5 was chosen on validation cases
+        (``docs/benchmark.md``, "SD1 steps"): as good as 10 and 40 % faster.
     resample_step : int
         ``N`` of the resampling step between SD1 and SD2.
     sampler : str
@@ -161,7 +162,7 @@ class CascadeOptions:
 
     sino: Path | None = None
     drf: float | None = None
-    steps: int = 10
+    steps: int = 5
     sd2_steps: int = 5
     resample_step: int = 50
     sampler: str = "ddim"
