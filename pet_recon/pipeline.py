@@ -108,7 +108,7 @@ class CascadeOptions:
         Dose reduction factor for the prompt (else estimated from the injected activity).
     steps, sd2_steps : int
         Sampler steps of SD1 and SD2. SD1's default of 5 was chosen on validation cases
-        (``docs/benchmark.md``, "SD1 steps"): as good as 10 and 40 % faster.
+        (``docs/benchmark.md``, "SD1 steps"): as good as 10 in half SD1's time.
     resample_step : int
         ``N`` of the resampling step between SD1 and SD2.
     sampler : str

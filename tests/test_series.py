@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from bad_inputs import make_pet_series
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import JPEG2000Lossless, RLELossless, generate_uid
 
@@ -175,6 +176,16 @@ def test_read_series_other_series_named_in_warning(shared_data: Path) -> None:
     others = [w for w in meta.warnings if "not read" in w]
     assert len(others) == 1
     assert re.search(r"not read: 1 other series: RTSTRUCT [0-9.]+ \(", others[0])
+
+
+def test_read_series_other_series_listed_first_three_and_count(tmp_path: Path) -> None:
+    uids = [str(pydicom.dcmread(make_pet_series(tmp_path / "in" / name)[0]).SeriesInstanceUID)
+            for name in "abcde"]
+    _, meta = read_series(tmp_path / "in", series_uid=uids[0])
+    (other,) = [w for w in meta.warnings if "not read" in w]
+    assert f"read series {uids[0]}; not read: 4 other series: PT " in other
+    assert other.endswith(" and 1 more") and other.count("; PT ") == 2
+    assert uids[0] not in other.split("not read")[1]
 
 
 def test_find_series_lists_pet_and_rtstruct(shared_data: Path) -> None:

@@ -202,8 +202,7 @@ def read_series(
         summary = _choose(path, found, series_uid, modality)
         others = [s for s in found if s is not summary]
         if others:  # an RTSTRUCT, a CT or another PET series beside the chosen one
-            shown = "; ".join(f"{s.modality} {s.describe()}" for s in others[:3]) + (
-                f" and {len(others) - 3} more" if len(others) > 3 else "")
+            shown = _first_few([f"{s.modality} {s.describe()}" for s in others], "; ")
             warn(warnings, f"{path}: read series {summary.series_instance_uid}; "
                  f"not read: {len(others)} other series: {shown}", logger)
         datasets = [_read_full(inp, label) for label in summary.files]
@@ -231,6 +230,11 @@ def _read_header(inp: _Input, label: str) -> Dataset | None:
     return ds if is_image else None
 
 
+def _first_few(items: list[str], sep: str) -> str:
+    """The first three of ``items`` joined by ``sep``, and how many more there are."""
+    return sep.join(items[:3]) + (f" and {len(items) - 3} more" if len(items) > 3 else "")
+
+
 def _discover(inp: _Input) -> tuple[list[SeriesSummary], list[str]]:
     """Group the DICOM images of ``inp`` by series; warnings list the skipped files."""
     groups: dict[str, list[tuple[str, Dataset]]] = {}
@@ -243,11 +247,8 @@ def _discover(inp: _Input) -> tuple[list[SeriesSummary], list[str]]:
             groups.setdefault(str(ds.SeriesInstanceUID), []).append((label, ds))
     warnings: list[str] = []
     if skipped:
-        shown = ", ".join(skipped[:3]) + (
-            f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
-        )
-        warn(warnings, f"skipped {len(skipped)} file(s) that are not DICOM images: {shown}",
-             logger)
+        warn(warnings, f"skipped {len(skipped)} file(s) that are not DICOM images: "
+             f"{_first_few(skipped, ', ')}", logger)
     series = []
     for uid, members in groups.items():
         first = members[0][1]
