@@ -337,3 +337,17 @@ def test_reconstruct_cli_defaults_equal_cascade_options_defaults() -> None:
         option = "anatomy_detail_fwhm_mm" if field == "anatomy_detail" else field
         assert defaults[field] == getattr(CascadeOptions(), option), field
 
+
+def test_sampler_defaults_equal_cascade_options_defaults() -> None:
+    """``Cascade.restore`` and the publish validation spell the sampler defaults too."""
+    import inspect
+
+    from pet_recon.cascade import Cascade
+    from pet_recon.pipeline import CascadeOptions
+    from pet_recon.training import validate_cascade
+
+    for func in (Cascade.restore, validate_cascade):
+        defaults = {name: p.default for name, p in inspect.signature(func).parameters.items()}
+        for field in ("steps", "sd2_steps", "resample_step"):
+            assert defaults[field] == getattr(CascadeOptions(), field), (func.__name__, field)
+
