@@ -57,7 +57,12 @@ from pet_recon.metrics import (
 )
 from pet_recon.output import check_output_dir, staged_output
 from pet_recon.physics.phantoms import LESION_BASE, Label
-from pet_recon.physics.simulate import SimulatedCase, series_meta, simulate_case
+from pet_recon.physics.simulate import (
+    SimulatedCase,
+    noise_free_image,
+    series_meta,
+    simulate_case,
+)
 from pet_recon.pipeline import (
     AnchorVolume,
     CascadeOptions,
@@ -83,8 +88,9 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "N = 5": {"resample_step": 5},
     "N = 150": {"resample_step": 150},
     "N = 400": {"resample_step": 400},
+    "SD1 1 step": {"steps": 1},
+    "SD1 5 steps": {"steps": 5},
     "SD1 10 steps": {"steps": 10},
-    "SD1 20 steps": {"steps": 20},
     "mean of 4 samples": {"samples": 4},
     "noise drawn per plane": {"shared_noise": False},
 }
@@ -165,6 +171,7 @@ class _Case:
     sim: SimulatedCase
     metas: dict[int, SeriesMeta]
     sinos: dict[int, Path]
+    noise_free: np.ndarray  # (Z, Y, X) float32 SUV, :func:`noise_free_image`
 
     @property
     def spacing(self) -> tuple[float, float, float]:
@@ -205,7 +212,8 @@ def _make_case(family: str, seed: int, drfs: tuple[int, ...], slices: int,
     metas = {k: series_meta(sim, k, "1.2.3", "1.2.3.4", series_number=1) for k in drfs}
     sinos = {k: write_sinogram(tmp / f"{sim.case_id}_drf{k}.hs", sim.prompts[k], sim.sinogram,
                                dtype="int16") for k in drfs}
-    return _Case(sim, metas, sinos)
+    noise_free = (noise_free_image(sim, device) * sim.suv_factor(1)).astype(np.float32)
+    return _Case(sim, metas, sinos, noise_free)
 
 
 # ----------------------------------------------------------------------------- scores
@@ -481,6 +489,11 @@ def run_benchmark(opts: BenchOptions, progress: Callable[[str], None] | None = N
 _PROGRESSIVE_SOURCE = "progressive source"
 
 
+#: The row of the full-dose image without its Poisson noise: what removing all the noise and
+#: nothing else would score against the noisy full-dose reference.
+NOISE_FREE = "full dose, noise-free"
+
+
 def _methods(case: _Case, drf: int, tuned: dict[str, float], unet: _UNetBaseline,
              cascade_opts: CascadeOptions, compare: tuple[str, CascadeOptions] | None,
              progressive_weights: Path | None
@@ -500,6 +513,7 @@ def _methods(case: _Case, drf: int, tuned: dict[str, float], unet: _UNetBaseline
 
     runs: dict[str, Callable[[], tuple[np.ndarray, dict[str, Any], list[AnchorVolume]]]] = {
         "low dose": lambda: (ld, {}, []),
+        NOISE_FREE: lambda: (case.noise_free, {}, []),
         "Gaussian (tuned)": lambda: (gaussian_filter(ld, meta, tuned["gaussian_fwhm_mm"]), {},
                                      []),
         "non-local means (tuned)": lambda: (nl_means(ld, tuned["nlm_h_fraction"],

@@ -217,7 +217,7 @@ class Cascade:
         sinograms: torch.Tensor | None,
         prompt: str | Sequence[str],
         *,
-        steps: int = 5,
+        steps: int = 2,
         sd2_steps: int = 5,
         resample_step: int = 50,
         sampler: str = "ddim",

@@ -84,7 +84,7 @@ def reconstruct(
         Path | None, typer.Option(help="Low-dose prompts sinogram (.hs Interfile, .mha, .nii).")
     ] = None,
     drf: Drf = None,
-    steps: Annotated[int, typer.Option(min=1, max=1000, help="SD1 sampler steps.")] = 5,
+    steps: Annotated[int, typer.Option(min=1, max=1000, help="SD1 sampler steps.")] = 2,
     sd2_steps: Annotated[int, typer.Option(min=1, max=1000, help="SD2 sampler steps.")] = 5,
     resample_step: Annotated[
         int, typer.Option(min=0, max=1000, help="N: SD1's output is re-noised to step N.")

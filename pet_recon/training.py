@@ -990,7 +990,7 @@ def train(stage: str, opts: TrainOptions) -> dict[str, Any]:
 
 @torch.no_grad()
 def validate_cascade(folder: Path, data: Path, device: torch.device, *, slices: int = 32,
-                     steps: int = 5, sd2_steps: int = 5, resample_step: int = 50,
+                     steps: int = 2, sd2_steps: int = 5, resample_step: int = 50,
                      seed: int = 0) -> dict[str, float]:
     """PSNR (dB, against full dose, whole slice, range = full-dose max) of the low-dose
     input, SD1 alone and the whole cascade on ``slices`` validation slices, with the

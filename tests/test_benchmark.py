@@ -13,6 +13,7 @@ import torch
 
 from pet_recon.benchmark import (
     FWHM_GRID_MM,
+    NOISE_FREE,
     BenchOptions,
     matmul_rate,
     nl_means,
@@ -32,7 +33,7 @@ def test_run_benchmark_tiny_writes_table_json_and_figures(runs: Path, tmp_path: 
     saved = json.loads((out / "benchmark.json").read_text())
     methods = saved["cases"]["body"]["20"]
     compared = "MiG-DM cascade, SD2 with anchor loss"  # the tiny SD2 carries anchors 4, 20
-    assert set(methods) == {"low dose", "Gaussian (tuned)", "non-local means (tuned)",
+    assert set(methods) == {"low dose", NOISE_FREE, "Gaussian (tuned)", "non-local means (tuned)",
                             "U-Net regression", "SD1 alone, no sinogram",
                             "MiG-DM, projected sinogram", "MiG-DM cascade", compared}
     # same weights, same seed: the compared cascade reproduces the main one
@@ -48,6 +49,8 @@ def test_run_benchmark_tiny_writes_table_json_and_figures(runs: Path, tmp_path: 
     assert "| body | 20 | 1/4 |" in result["table"]
     low = methods["low dose"][0]
     assert low["seed"] == 9 and low["mean_suv_change"] == 0.0 and np.isfinite(low["psnr_db"])
+    # the full-dose image without its noise is closer to the full-dose image than DRF 20 is
+    assert methods[NOISE_FREE][0]["psnr_db"] > low["psnr_db"] + 3.0
     assert set(saved["ablations"]["body"]) == {"shuffled prompt", "noise drawn per plane"}
     assert saved["tuned"]["body"]["20"]["gaussian_fwhm_mm"] in FWHM_GRID_MM
     speed = saved["speed"]

@@ -22,6 +22,7 @@ from pet_recon.physics.simulate import (
     calibration_scale,
     dose_levels,
     frame_decay_average,
+    noise_free_image,
     reconstruct_levels,
     simulate_case,
     write_case,
@@ -147,3 +148,17 @@ def test_write_case_layout(nema_case_dir: Path) -> None:
             "labels.mha", "case.json"} <= names
     sino = {p.name for p in (nema_case_dir / "sino").iterdir()}
     assert {"fd.hs", "fd.s", "ld_drf20.hs", "attenuation.hs", "background_fd.hs"} <= sino
+
+
+def test_noise_free_image_keeps_the_mean_and_removes_the_noise() -> None:
+    case = simulate_case("nema", 3, matrix=32, slices=3, drfs=(20,), device=CPU)
+    clean, noisy = noise_free_image(case, CPU), case.images[1]
+    assert clean.shape == noisy.shape and clean.dtype == np.float32
+    fill = sitk.GetImageFromArray((case.phantom.labels == int(Label.PHANTOM_FILL))
+                                  .astype(np.uint8))
+    region = sitk.GetArrayFromImage(sitk.BinaryErode(fill, (2, 2, 0))) > 0  # off the edges
+    assert float(clean[region].mean()) == pytest.approx(float(noisy[region].mean()), rel=0.03)
+    # Without noise the fill is smooth: its spread is that of the expected image only.
+    spread = {name: float(v[region].std() / v[region].mean())
+              for name, v in (("clean", clean), ("noisy", noisy))}
+    assert spread["clean"] < 0.5 * spread["noisy"]

@@ -328,9 +328,7 @@ def simulate_case(
         rng.lognormal(0.0, 0.05, size=(sino.n_views, sino.n_bins)).astype(np.float32)
     ).to(device)  # n: detector efficiencies, ~5% spread
     calibration = calibration_scale(sino, scanner, protocol.frame_s)
-    model = SystemModel(image, sino, device=device, dtype=dtype, fwhm_mm=scanner.fwhm_mm,
-                        axial_fwhm_mm=scanner.fwhm_mm, attenuation=att,
-                        normalisation=norm, scale=calibration)
+    model = _system_model(image, sino, scanner, att, norm, calibration)
     x0 = torch.from_numpy(truth).to(device)
     trues = model.forward(x0)
     body_bins = (att < 0.999).to(dtype)
@@ -347,6 +345,47 @@ def simulate_case(
     )
     case.images = reconstruct_levels(prompts, model, background, protocol.recon)
     return case
+
+
+def _system_model(image: ImageGeometry, sino: SinogramGeometry, scanner: Scanner,
+                  attenuation: torch.Tensor, normalisation: torch.Tensor,
+                  calibration: float) -> SystemModel:
+    """The scanner's system model ``P`` (without background), on the tensors' device."""
+    return SystemModel(image, sino, device=attenuation.device, dtype=attenuation.dtype,
+                       fwhm_mm=scanner.fwhm_mm, axial_fwhm_mm=scanner.fwhm_mm,
+                       attenuation=attenuation, normalisation=normalisation,
+                       scale=calibration)
+
+
+def noise_free_image(case: SimulatedCase, device: torch.device) -> np.ndarray:
+    """The full-dose image without Poisson noise: OSEM of the expected prompts.
+
+    The expected full-dose prompts ``y_bar = P C0 + r`` (the mean of ``y_1``, ``docs/
+    simulation.md``) are reconstructed with the case's OSEM protocol, as the dose levels are.
+    The result is what a denoiser that removed all the noise and nothing else would give:
+    the full-dose image's resolution, partial-volume losses and OSEM convergence, without its
+    noise. The benchmark scores it against the (noisy) full-dose image to show how much of a
+    metric is the reference's own noise.
+
+    Parameters
+    ----------
+    case : SimulatedCase
+        A simulated case.
+    device : torch.device
+        Where the projector and OSEM run.
+
+    Returns
+    -------
+    np.ndarray
+        float32 ``(planes, ny, nx)`` in Bq/ml at scan start, the unit of ``case.images[1]``.
+    """
+    att = torch.from_numpy(case.attenuation).to(device=device, dtype=torch.float32)
+    norm = torch.from_numpy(case.normalisation).to(device=device, dtype=torch.float32)
+    model = _system_model(case.image, case.sinogram, case.protocol.scanner, att, norm,
+                          case.calibration)
+    background = torch.from_numpy(case.background).to(device=device, dtype=torch.float32)
+    expected = model.forward(torch.from_numpy(case.truth_bqml).to(device)) + background
+    return reconstruct_levels({1: expected}, model, background, case.protocol.recon)[1]
 
 
 def dose_levels(expected: torch.Tensor, drfs: tuple[int, ...],
