@@ -53,7 +53,7 @@ def inspect_meta(
         read_series(in_path)
     reports = []
     for uid in uids:
-        volume, meta = read_series(in_path, series_uid=uid)
+        volume, meta = read_series(in_path, series_uid=uid, also_read=uids)
         warnings = list(meta.warnings)
         suv_type: str | None = None
         suv_factor: float | list[float] | None = None

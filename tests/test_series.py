@@ -18,6 +18,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import JPEG2000Lossless, RLELossless, generate_uid
 
 from pet_recon.errors import PetReconError
+from pet_recon.inspect import inspect_meta
 from pet_recon.io.series import find_series, read_series
 
 Edit = Callable[[int, Dataset], None]
@@ -186,6 +187,24 @@ def test_read_series_other_series_listed_first_three_and_count(tmp_path: Path) -
     assert f"read series {uids[0]}; not read: 4 other series: PT " in other
     assert other.endswith(" and 1 more") and other.count("; PT ") == 2
     assert uids[0] not in other.split("not read")[1]
+
+
+def test_read_series_also_read_series_left_out_of_warning(tmp_path: Path) -> None:
+    uids = [str(pydicom.dcmread(make_pet_series(tmp_path / "in" / name)[0]).SeriesInstanceUID)
+            for name in "abc"]
+    _, meta = read_series(tmp_path / "in", series_uid=uids[0], also_read=uids[:2])
+    (other,) = [w for w in meta.warnings if "not read" in w]
+    assert f"not read: 1 other series: PT {uids[2]} " in other
+    _, meta = read_series(tmp_path / "in", series_uid=uids[0], also_read=uids)
+    assert not [w for w in meta.warnings if "not read" in w]
+
+
+def test_inspect_meta_several_pet_series_no_not_read_warning(tmp_path: Path) -> None:
+    for name in "ab":
+        make_pet_series(tmp_path / "in" / name)
+    reports = inspect_meta(tmp_path / "in")
+    assert len(reports) == 2
+    assert not [w for r in reports for w in r["warnings"] if "not read" in w]
 
 
 def test_find_series_lists_pet_and_rtstruct(shared_data: Path) -> None:

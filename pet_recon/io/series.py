@@ -26,7 +26,7 @@ import logging
 import math
 import re
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
@@ -161,7 +161,8 @@ def find_series(path: Path) -> list[SeriesSummary]:
 
 
 def read_series(
-    path: Path, series_uid: str | None = None, modality: str | None = "PT"
+    path: Path, series_uid: str | None = None, modality: str | None = "PT",
+    also_read: Collection[str] = (),
 ) -> tuple[np.ndarray, SeriesMeta]:
     """Read one image series as a volume with its metadata.
 
@@ -174,6 +175,9 @@ def read_series(
         ``modality``.
     modality : str or None
         Modality to look for (default ``"PT"``); ``None`` accepts any modality.
+    also_read : collection of str
+        SeriesInstanceUIDs of series under ``path`` that the caller reads too (``inspect-meta``
+        reads every PET series): the warning about series not read leaves them out.
 
     Returns
     -------
@@ -200,7 +204,8 @@ def read_series(
     with _Input(path) as inp:
         found, warnings = _discover(inp)
         summary = _choose(path, found, series_uid, modality)
-        others = [s for s in found if s is not summary]
+        others = [s for s in found
+                  if s is not summary and s.series_instance_uid not in also_read]
         if others:  # an RTSTRUCT, a CT or another PET series beside the chosen one
             shown = _first_few([f"{s.modality} {s.describe()}" for s in others], "; ")
             warn(warnings, f"{path}: read series {summary.series_instance_uid}; "
