@@ -423,7 +423,7 @@ def _train_mi_encoder(opts: TrainOptions) -> dict[str, Any]:
             loss = clip_loss(text_emb.float(), image_emb.float(), run.module.scale())
         run.step(step, loss)
     path = save_meta_encoder(opts.out / "mi-encoder.safetensors", run.ema.model, tokenizer)
-    metrics = _validate_mi_encoder(run.ema.model, tokenizer, opts)
+    metrics = retrieval_on_split(run.ema.model, tokenizer, opts.data, opts.device)
     return {"weights": str(path), "metrics": metrics}
 
 
@@ -501,29 +501,38 @@ class _PromptVolumes:
 
 
 @torch.no_grad()
-def _validate_mi_encoder(model: MetaEncoder, tokenizer: Tokenizer, opts: TrainOptions,
-                         batches: int = 8, batch_size: int = 32) -> dict[str, float]:
+def retrieval_on_split(model: MetaEncoder, tokenizer: Tokenizer, data: Path,
+                       device: torch.device, batches: int = 8, batch_size: int = 32,
+                       split: str = "val") -> dict[str, float]:
     """Top-1 prompt-to-image retrieval on held-out batches of 32 distinct prompts.
 
-    The first 32 distinct prompts of the validation split (every case at every dose level
-    of the standard data: 8 cases x 4 levels); batch ``j`` pairs each with a random slice
-    of its volume (fixed generator), so every batch has the same 32 prompts and new images.
+    The first 32 distinct prompts of ``data``'s validation split (every case at every dose
+    level of the standard data: 8 cases x 4 levels); batch ``j`` pairs each with a random
+    slice of its volume (fixed generator), so every batch has the same 32 prompts and new
+    images. The training's validation uses 8 batches; ``docs/meta-information.md`` also
+    quotes 32 batches on a second held-out set (load a file with
+    :func:`~pet_recon.meta.encoder.load_meta_encoder` and call this on that set's folder).
+
+    Returns
+    -------
+    dict
+        ``retrieval_top1`` (mean over the batches), ``batches``, ``batch_size``, ``chance``.
     """
     model.eval()
-    pairs = _PromptVolumes.read(opts.data, "val")
+    pairs = _PromptVolumes.read(data, split)
     indices = pairs.distinct[:batch_size]
     if len(indices) < batch_size:
         return {"retrieval_top1": float("nan"), "batches": 0, "batch_size": batch_size,
                 "distinct_prompts": len(indices)}
-    ids, numeric, mask = (t.to(opts.device) for t in
+    ids, numeric, mask = (t.to(device) for t in
                           tokenizer.encode_batch([pairs.prompts[i] for i in indices]))
     rng = random.Random(1)
     scores = []
     for _ in range(batches):
         planes = [rng.randrange(pairs.volumes[i].shape[0]) for i in indices]
         images, scalars = pairs.inputs(indices, planes)
-        text_emb, image_emb = model(ids, numeric, mask, images.to(opts.device),
-                                    scalars.to(opts.device))
+        text_emb, image_emb = model(ids, numeric, mask, images.to(device),
+                                    scalars.to(device))
         scores.append(retrieval_top1(text_emb.float(), image_emb.float()))
     return {"retrieval_top1": float(np.mean(scores)), "batches": batches,
             "batch_size": batch_size, "chance": 1.0 / batch_size}

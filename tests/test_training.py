@@ -17,7 +17,8 @@ import torch
 
 from pet_recon.cascade import Cascade, inference_autocast, native_bf16, neighbour_stack
 from pet_recon.errors import PetReconError
-from pet_recon.training import TrainOptions, train
+from pet_recon.meta.encoder import load_meta_encoder
+from pet_recon.training import TrainOptions, retrieval_on_split, train
 
 CPU = torch.device("cpu")
 
@@ -77,6 +78,30 @@ def test_train_mi_encoder_lock_text_keeps_sd2_tokens(runs: Path, tmp_path: Path)
     assert new.config["image_scalars"] == 1 and new.config["in_channels"] == 3
     with pytest.raises(PetReconError, match="--frozen"):
         train("mi-encoder", replace(opts, out=tmp_path / "again", frozen=None))
+
+
+class _Oracle(torch.nn.Module):
+    """Embeds prompt ``i`` and image ``i`` of a batch on axis ``i`` (images shifted by
+    ``shift``): retrieval is 1 without a shift and 0 with one."""
+
+    def __init__(self, shift: int) -> None:
+        super().__init__()
+        self.shift = shift
+
+    def forward(self, ids: torch.Tensor, *_: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        eye = torch.eye(ids.shape[0])
+        return eye, torch.roll(eye, self.shift, dims=0)
+
+
+def test_retrieval_on_split_known_answers(runs: Path) -> None:
+    tokenizer = load_meta_encoder(runs / "weights" / "mi-encoder.safetensors")[1]
+    for shift, expected in ((0, 1.0), (1, 0.0)):
+        result = retrieval_on_split(_Oracle(shift), tokenizer, runs / "data", CPU, batches=2,
+                                    batch_size=4)
+        assert result == {"retrieval_top1": expected, "batches": 2, "batch_size": 4,
+                          "chance": 0.25}
+    too_few = retrieval_on_split(_Oracle(0), tokenizer, runs / "data", CPU, batch_size=32)
+    assert too_few["batches"] == 0 and np.isnan(too_few["retrieval_top1"])
 
 
 def test_train_command_lists_lr_frozen_and_lock_text() -> None:
