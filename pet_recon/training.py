@@ -502,8 +502,8 @@ class _PromptVolumes:
 
 @torch.no_grad()
 def retrieval_on_split(model: MetaEncoder, tokenizer: Tokenizer, data: Path,
-                       device: torch.device, batches: int = 8, batch_size: int = 32,
-                       split: str = "val") -> dict[str, float]:
+                       device: torch.device, batches: int = 8, batch_size: int = 32
+                       ) -> dict[str, float]:
     """Top-1 prompt-to-image retrieval on held-out batches of 32 distinct prompts.
 
     The first 32 distinct prompts of ``data``'s validation split (every case at every dose
@@ -513,13 +513,28 @@ def retrieval_on_split(model: MetaEncoder, tokenizer: Tokenizer, data: Path,
     quotes 32 batches on a second held-out set (load a file with
     :func:`~pet_recon.meta.encoder.load_meta_encoder` and call this on that set's folder).
 
+    Parameters
+    ----------
+    model : MetaEncoder
+        The encoder (any module with its call signature).
+    tokenizer : Tokenizer
+        Its tokenizer.
+    data : Path
+        Dataset folder (``petrecon make-dataset``) whose ``val/`` shards are used.
+    device : torch.device
+        Where the model runs.
+    batches, batch_size : int
+        Number of batches and prompts per batch.
+
     Returns
     -------
     dict
-        ``retrieval_top1`` (mean over the batches), ``batches``, ``batch_size``, ``chance``.
+        ``retrieval_top1`` (fraction, mean over the batches), ``batches``, ``batch_size``,
+        ``chance``; NaN and ``distinct_prompts`` when the split has fewer distinct prompts
+        than ``batch_size``.
     """
     model.eval()
-    pairs = _PromptVolumes.read(data, split)
+    pairs = _PromptVolumes.read(data, "val")
     indices = pairs.distinct[:batch_size]
     if len(indices) < batch_size:
         return {"retrieval_top1": float("nan"), "batches": 0, "batch_size": batch_size,
