@@ -171,7 +171,7 @@ class _Case:
     sim: SimulatedCase
     metas: dict[int, SeriesMeta]
     sinos: dict[int, Path]
-    noise_free: np.ndarray  # (Z, Y, X) float32 SUV, :func:`noise_free_image`
+    device: torch.device
 
     @property
     def spacing(self) -> tuple[float, float, float]:
@@ -184,6 +184,13 @@ class _Case:
 
     def truth(self) -> np.ndarray:
         return (self.sim.truth_bqml * self.sim.suv_factor(1)).astype(np.float32)
+
+    @cached_property
+    def noise_free(self) -> np.ndarray:
+        """``(Z, Y, X)`` float32 SUV full-dose image without noise (:func:`noise_free_image`);
+        computed when a test case is scored, not for the validation cases."""
+        return (noise_free_image(self.sim, self.device) * self.sim.suv_factor(1)
+                ).astype(np.float32)
 
     @cached_property
     def body(self) -> np.ndarray:
@@ -212,8 +219,7 @@ def _make_case(family: str, seed: int, drfs: tuple[int, ...], slices: int,
     metas = {k: series_meta(sim, k, "1.2.3", "1.2.3.4", series_number=1) for k in drfs}
     sinos = {k: write_sinogram(tmp / f"{sim.case_id}_drf{k}.hs", sim.prompts[k], sim.sinogram,
                                dtype="int16") for k in drfs}
-    noise_free = (noise_free_image(sim, device) * sim.suv_factor(1)).astype(np.float32)
-    return _Case(sim, metas, sinos, noise_free)
+    return _Case(sim, metas, sinos, device)
 
 
 # ----------------------------------------------------------------------------- scores
