@@ -375,6 +375,15 @@ def train(
         bool, typer.Option(help="mi-encoder: keep the text tower of --frozen's mi-encoder "
                                 "(SD2's tokens) and train a new image tower against it.")
     ] = False,
+    init: Annotated[
+        bool, typer.Option(help="sd1: start from --frozen's sd1 and sinogram-branch weights "
+                                "(fine-tuning) instead of random ones.")
+    ] = False,
+    pure_noise_p: Annotated[
+        float, typer.Option(min=0.0, max=1.0,
+                            help="sd1: fraction of items trained at t = T (pure noise, the "
+                                 "sampler's first step); the rest uniform on 1..T.")
+    ] = 0.0,
 ) -> None:
     """Train one stage of the MiG-DM cascade (or the U-Net baseline) on simulated shards."""
     from pet_recon.training import STAGES, TrainOptions
@@ -388,7 +397,8 @@ def train(
         lr=lr, seed=seed, frozen=frozen, trust_frozen=trust_frozen, resume=resume, bf16=bf16,
         anchor_loss=anchor_loss, anchor_weight=anchor_weight, anchor_width=anchor_width,
         aux_weight=aux_weight, families=tuple(family or ("brain",)), mismatch=mismatch,
-        modalities=tuple(modality or ("mr",)), lock_text=lock_text))
+        modalities=tuple(modality or ("mr",)), lock_text=lock_text, init=init,
+        pure_noise_p=pure_noise_p))
     typer.echo(json.dumps({k: report[k] for k in ("stage", "seconds", "weights", "metrics")}))
 
 

@@ -179,6 +179,14 @@ class TrainOptions:
     lock_text : bool
         ``mi-encoder`` only: keep the text tower of ``frozen/mi-encoder.safetensors`` and
         train a new image tower against it (:func:`_train_mi_encoder`).
+    init : bool
+        ``sd1`` only: start from ``frozen/sd1.safetensors`` and
+        ``frozen/sinogram-branch.safetensors`` (fine-tuning) instead of random weights.
+    pure_noise_p : float
+        ``sd1`` only: probability that an item's timestep is ``T`` (``x_T`` is pure noise
+        up to ``sqrt(alpha_bar_T)``, so ``x0_hat`` is the regression of the full-dose slice
+        on the conditions alone: what the sampler's first step returns); otherwise ``t`` is
+        uniform on ``1..T``. 0 (default): uniform, as in DDPM.
     """
 
     data: Path
@@ -204,6 +212,8 @@ class TrainOptions:
     mismatch: float = 0.5
     modalities: tuple[str, ...] = ("MR",)
     lock_text: bool = False
+    init: bool = False
+    pure_noise_p: float = 0.0
 
 
 class EMA:
@@ -710,9 +720,14 @@ def _sd1(opts: TrainOptions, first: dict[str, Any], rng: random.Random) -> _Diff
     """SD1 and its sinogram branch, guided by the frozen SRM's restored sinogram."""
     srm_path = _frozen_path(opts, "srm.safetensors")
     srm = load_srm(srm_path, opts.device, _trusted_hash(srm_path, opts))
-    unet = _sd_unet(None)
-    branch = SinogramBranch(stage_channels=unet.stage_channels, image_size=first["ld"].shape[-1],
-                            n_views=first["sino_ld"].shape[-2], n_bins=first["sino_ld"].shape[-1])
+    if opts.init:
+        unet, branch = _frozen_sd1(opts)
+    else:
+        unet = _sd_unet(None)
+        branch = SinogramBranch(stage_channels=unet.stage_channels,
+                                image_size=first["ld"].shape[-1],
+                                n_views=first["sino_ld"].shape[-2],
+                                n_bins=first["sino_ld"].shape[-1])
 
     def predict(module: GuidedUNet, batch: dict[str, Any], x: torch.Tensor, t: torch.Tensor,
                 oy: int, ox: int) -> tuple[torch.Tensor, None]:
@@ -726,6 +741,20 @@ def _sd1(opts: TrainOptions, first: dict[str, Any], rng: random.Random) -> _Diff
         return path
 
     return _Diffusion(GuidedUNet(unet, branch), predict, save)
+
+
+def _frozen_sd1(opts: TrainOptions) -> tuple[UNet, SinogramBranch]:
+    """``--frozen``'s SD1 U-Net and sinogram branch (verified), trainable, to fine-tune."""
+    modules = []
+    for name, cls in (("sd1.safetensors", UNet), ("sinogram-branch.safetensors", SinogramBranch)):
+        path = _frozen_path(opts, name)
+        module, extra = load_model(path, registry={cls.__name__: cls}, device=opts.device,
+                                   expected_sha256=_trusted_hash(path, opts))
+        if cls is UNet and extra.get("neighbours") != NEIGHBOURS:
+            raise PetReconError(f"{path}: not an SD1 of this cascade (neighbours "
+                                f"{extra.get('neighbours')}; expected {NEIGHBOURS})")
+        modules.append(module.train())
+    return modules[0], modules[1]
 
 
 def _frozen_meta_encoder(opts: TrainOptions) -> tuple[MetaEncoder, Tokenizer]:
@@ -863,7 +892,8 @@ DIFFUSION_STAGES = {"sd1": _sd1, "sd2": _sd2, "anatomy": _sd2_anatomy}
 
 def _train_sd(stage: str, opts: TrainOptions) -> dict[str, Any]:
     """Train a diffusion stage (:data:`DIFFUSION_STAGES`): x0-prediction on random patches,
-    SD1 on t in 1..T, SD2 and the anatomy-guided SD2 on t in 1..:data:`SD2_MAX_T`."""
+    SD1 on t in 1..T (with ``pure_noise_p`` of the items at T), SD2 and the anatomy-guided
+    SD2 on t in 1..:data:`SD2_MAX_T`."""
     schedule = NoiseSchedule.linear()
     rng = random.Random(opts.seed)
     torch.manual_seed(opts.seed)
@@ -895,6 +925,10 @@ def _train_sd(stage: str, opts: TrainOptions) -> dict[str, Any]:
         window = (slice(None), slice(None), slice(oy, oy + opts.patch), slice(ox, ox + opts.patch))
         x0, cond = fd[window], ld[window]
         t = torch.randint(1, max_t + 1, (x0.shape[0],), device=opts.device)
+        if opts.pure_noise_p > 0:
+            # t = T for a fraction of the items: the regime of the sampler's first step.
+            pure = torch.rand(t.shape, device=opts.device) < opts.pure_noise_p
+            t = torch.where(pure, torch.full_like(t, max_t), t)
         x_t = schedule.q_sample(x0, t, torch.randn_like(x0))
         with _autocast(opts.device, opts.bf16):
             pred, auxiliary = diffusion.predict(run.module, batch, torch.cat([x_t, cond], 1), t,
@@ -991,6 +1025,10 @@ def train(stage: str, opts: TrainOptions) -> dict[str, Any]:
     """
     if stage not in STAGES:
         raise PetReconError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
+    if stage != "sd1" and (opts.init or opts.pure_noise_p > 0):
+        raise PetReconError(f"--init and --pure-noise-p are options of sd1, not {stage}")
+    if not 0 <= opts.pure_noise_p <= 1:
+        raise PetReconError(f"--pure-noise-p must be in [0, 1], got {opts.pure_noise_p}")
     if not (Path(opts.data) / "train").is_dir():
         raise PetReconError(f"{opts.data}: no train/ shards (run petrecon make-dataset)")
     t0 = time.perf_counter()
@@ -1092,6 +1130,10 @@ def _train_command(stage: str, options: dict[str, str]) -> str:
                                           if options.get("trust_frozen") == "True" else ""))
     if options.get("lock_text") == "True":
         flags.append("--lock-text")
+    if options.get("init") == "True":
+        flags.append("--init")
+    if float(options.get("pure_noise_p", 0.0)) > 0:
+        flags.append(f"--pure-noise-p {options['pure_noise_p']}")
     if options.get("anchor_loss") == "True":
         flags.append("--anchor-loss")
     if stage == "anatomy":

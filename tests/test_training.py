@@ -80,6 +80,43 @@ def test_train_mi_encoder_lock_text_keeps_sd2_tokens(runs: Path, tmp_path: Path)
         train("mi-encoder", replace(opts, out=tmp_path / "again", frozen=None))
 
 
+def test_train_sd1_init_starts_from_frozen_weights(runs: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from safetensors.torch import load_file
+
+    from pet_recon.diffusion.schedule import NoiseSchedule
+
+    seen: list[torch.Tensor] = []
+    q_sample = NoiseSchedule.q_sample
+    monkeypatch.setattr(NoiseSchedule, "q_sample",
+                        lambda self, x0, t, noise: seen.append(t) or q_sample(self, x0, t, noise))
+    opts = TrainOptions(data=runs / "data", out=tmp_path / "still", steps=1, device=CPU,
+                        batch_size=4, patch=32, frozen=runs / "weights", trust_frozen=True,
+                        init=True, pure_noise_p=1.0, lr=0.0)
+    report = train("sd1", opts)
+    assert torch.cat(seen).tolist() == [1000] * 4  # every item at t = T
+    for name in ("sd1.safetensors", "sinogram-branch.safetensors"):
+        frozen = load_file(runs / "weights" / name)
+        for key, tensor in load_file(tmp_path / "still" / name).items():
+            # lr 0: the frozen weights (up to the EMA's rounding)
+            assert torch.allclose(tensor, frozen[key], rtol=1e-6, atol=1e-7), (name, key)
+    assert "--init --pure-noise-p 1.0" in _train_command_of(report)
+    moved = load_file(train("sd1", replace(opts, out=tmp_path / "moved", lr=1e-2, steps=3,
+                                           ema_decay=0.0))["weights"])
+    frozen = load_file(runs / "weights" / "sd1.safetensors")
+    assert max(float((moved[k] - frozen[k]).abs().max()) for k in frozen) > 1e-4
+    with pytest.raises(PetReconError, match="options of sd1, not sd2"):
+        train("sd2", replace(opts, out=tmp_path / "sd2"))
+    with pytest.raises(PetReconError, match=r"must be in \[0, 1\]"):
+        train("sd1", replace(opts, out=tmp_path / "bad", pure_noise_p=1.5))
+
+
+def _train_command_of(report: dict) -> str:
+    from pet_recon.training import _train_command
+
+    return _train_command("sd1", report["options"])
+
+
 class _Oracle(torch.nn.Module):
     """Embeds prompt ``i`` and image ``i`` of a batch on axis ``i`` (images shifted by
     ``shift``): retrieval is 1 without a shift and 0 with one."""
