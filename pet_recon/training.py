@@ -1158,27 +1158,40 @@ def revalidate(weights: Path, data: Path, device: torch.device) -> dict[str, Any
     dict
         ``weights``, ``validation`` (the metrics) and ``entries`` (the files updated).
     """
+    from pet_recon.weights import MANIFEST
+
+    manifest_path = weights / MANIFEST
+    if not manifest_path.is_file():
+        raise PetReconError(f"{manifest_path}: not found (publish the weights first)")
+    metrics = validate_cascade(weights, data, device)
+    updated = _record_cascade_metrics(weights, metrics, skip=set())
+    return {"weights": str(weights), "validation": metrics, "entries": updated}
+
+
+def _record_cascade_metrics(weights: Path, metrics: dict[str, float], skip: set[str]
+                            ) -> list[str]:
+    """Write ``metrics`` as the ``metrics`` of every cascade file of the folder's manifest
+    but those in ``skip`` (all but ``srm``, ``mi-encoder`` and the ``unet`` baseline, whose
+    metrics are their own training runs'), with ``metrics_validated`` (``git_commit``,
+    ``git_dirty``, ``petrecon_version``, ``created``); returns the files updated."""
     from datetime import UTC, datetime
 
     import pet_recon
     from pet_recon.weights import MANIFEST, _git_state, _write_atomic
 
     manifest_path = weights / MANIFEST
-    if not manifest_path.is_file():
-        raise PetReconError(f"{manifest_path}: not found (publish the weights first)")
-    metrics = validate_cascade(weights, data, device)
     manifest = json.loads(manifest_path.read_text())
     own = {name for stage in ("srm", "mi-encoder", "unet") for name in PUBLISHED[stage]}
     stamp = {**_git_state(), "petrecon_version": pet_recon.__version__,
              "created": datetime.now(UTC).isoformat(timespec="seconds")}
     updated = []
     for name, entry in sorted(manifest["models"].items()):
-        if name not in own:
+        if name not in own and name not in skip:
             entry["metrics"], entry["metrics_validated"] = dict(metrics), stamp
             updated.append(name)
     text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
     _write_atomic(manifest_path, lambda tmp: tmp.write_text(text))
-    return {"weights": str(weights), "validation": metrics, "entries": updated}
+    return updated
 
 
 def publish(runs: Path, weights: Path, data: Path, device: torch.device) -> dict[str, Any]:
@@ -1187,22 +1200,36 @@ def publish(runs: Path, weights: Path, data: Path, device: torch.device) -> dict
     trained) into ``weights`` and list them in its ``manifest.json`` (SHA-256, config,
     training report, validation metrics).
 
-    The cascade is validated on the data's validation split with the copied weights; its
-    PSNRs are recorded for SD1, the sinogram branch, SD2 and the anatomy-guided SD2 (with MR
-    and, when it has the CT branch, with CT).
+    A cascade stage without a run is kept from ``weights`` when its manifest lists that
+    stage's files (publishing one re-trained stage into a published folder). The cascade is
+    then validated on the data's validation split with the folder's weights; its PSNRs are
+    recorded for SD1, the sinogram branch, SD2 and the anatomy-guided SD2 (with MR and, when
+    it has the CT branch, with CT), kept cascade files included (as by :func:`revalidate`).
+
+    Returns
+    -------
+    dict
+        ``weights``, ``validation`` (the metrics), ``entries`` (the files published) and
+        ``kept`` (the files kept whose metrics were replaced).
     """
     import shutil
 
-    from pet_recon.weights import update_manifest
+    from pet_recon.weights import MANIFEST, update_manifest
 
     weights.mkdir(parents=True, exist_ok=True)
+    manifest_path = weights / MANIFEST
+    listed = (json.loads(manifest_path.read_text())["models"] if manifest_path.is_file()
+              else {})
     reports, published = {}, {}
     for stage, names in PUBLISHED.items():
         report_path = runs / stage / f"{stage}.json"
-        if not report_path.exists() and stage in OPTIONAL_STAGES:
+        if not report_path.exists() and (stage in OPTIONAL_STAGES
+                                         or all(name in listed for name in names)):
             continue
         if not report_path.exists():
-            raise PetReconError(f"{report_path}: no training report (train {stage} first)")
+            raise PetReconError(f"{report_path}: no training report (train {stage} first, "
+                                f"or publish into a weights folder that lists "
+                                f"{', '.join(names)})")
         reports[stage] = json.loads(report_path.read_text())
         published[stage] = (*names, *(name for name in OPTIONAL_FILES.get(stage, ())
                                       if (runs / stage / name).exists()))
@@ -1225,4 +1252,6 @@ def publish(runs: Path, weights: Path, data: Path, device: torch.device) -> dict
                 config = json.loads(f.metadata()["config"])
             entries[name] = update_manifest(weights / name, name=name.removesuffix(
                 ".safetensors"), config=config, training=training, metrics=metrics)
-    return {"weights": str(weights), "validation": cascade_metrics, "entries": list(entries)}
+    kept = _record_cascade_metrics(weights, cascade_metrics, skip=set(entries))
+    return {"weights": str(weights), "validation": cascade_metrics, "entries": list(entries),
+            "kept": kept}

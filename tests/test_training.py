@@ -260,6 +260,33 @@ def test_publish_lists_weights_with_validation_metrics(runs: Path) -> None:
     Cascade.load(runs / "published", CPU)  # every hash verifies
 
 
+def test_publish_one_retrained_stage_keeps_the_others(runs: Path, tmp_path: Path) -> None:
+    from pet_recon.training import publish
+    from pet_recon.weights import sha256_file
+
+    weights = tmp_path / "weights"
+    publish(runs, weights, runs / "data", CPU)
+    before = json.loads((weights / "manifest.json").read_text())["models"]
+    train("sd1", TrainOptions(data=runs / "data", out=tmp_path / "one" / "sd1", steps=3,
+                              device=CPU, batch_size=4, patch=32, lr=1e-2, ema_decay=0.0,
+                              frozen=weights, init=True))
+    result = publish(tmp_path / "one", weights, runs / "data", CPU)
+    after = json.loads((weights / "manifest.json").read_text())["models"]
+    assert result["entries"] == ["sd1.safetensors", "sinogram-branch.safetensors"]
+    assert "sd2.safetensors" in result["kept"] and "srm.safetensors" not in result["kept"]
+    new_sd1 = sha256_file(tmp_path / "one" / "sd1" / "sd1.safetensors")
+    assert after["sd1.safetensors"]["sha256"] == new_sd1 != before["sd1.safetensors"]["sha256"]
+    assert "--init" in after["sd1.safetensors"]["training"]["command"]
+    for name in ("sd2.safetensors", "srm.safetensors", "mi-encoder.safetensors"):
+        assert after[name]["sha256"] == before[name]["sha256"]
+    assert after["sd2.safetensors"]["metrics"] == result["validation"]
+    assert "metrics_validated" in after["sd2.safetensors"]
+    assert after["srm.safetensors"]["metrics"] == before["srm.safetensors"]["metrics"]
+    Cascade.load(weights, CPU)  # every hash verifies
+    with pytest.raises(PetReconError, match="srm.json: no training report"):
+        publish(tmp_path / "one", tmp_path / "empty", runs / "data", CPU)
+
+
 def test_reconstruct_mig_dm_other_matrix_comes_back_on_input_grid(
         runs: Path, shared_data: Path, tmp_path: Path) -> None:
     """A 256 x 256, 4 mm series (the SUV DRO) goes to the 32 x 32 model grid of the tiny
