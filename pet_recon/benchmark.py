@@ -121,9 +121,8 @@ class BenchOptions:
     weights : Path or None
         Weights folder (default: shipped).
     compare_weights : Path or None
-        A second weights folder (for example one whose SD2 was trained with or without the
-        MAP-Diff anchor loss): adds its cascade as one more method, named by whether its
-        SD2 carries dose anchors.
+        A second weights folder (for example the weights before a stage was re-trained):
+        adds its cascade as one more method, "MiG-DM cascade (<folder name>)".
     device : str
         ``auto``, ``cpu`` or ``cuda``.
     figures : bool
@@ -411,8 +410,8 @@ def run_benchmark(opts: BenchOptions, progress: Callable[[str], None] | None = N
                for folder in (opts.weights, opts.compare_weights)}
     compare = None
     if opts.compare_weights is not None:
-        compare = (f"MiG-DM cascade, SD2 {'with' if anchors[opts.compare_weights] else 'without'}"
-                   f" anchor loss", replace(cascade_opts, weights=opts.compare_weights))
+        compare = (f"MiG-DM cascade ({opts.compare_weights.name})",
+                   replace(cascade_opts, weights=opts.compare_weights))
     # Progressive outputs from the first weights that carry anchors; their dose levels are
     # simulated too, to score each anchor's output against the real image of its level.
     progressive = next(((folder, a) for folder, a in anchors.items() if a), None)

@@ -448,7 +448,8 @@ def bench(
     ] = None,
     compare_weights: Annotated[
         Path | None, typer.Option(help="Second weights folder: its cascade is one more method "
-                                       "(e.g. SD2 with vs without the anchor loss).")
+                                       "named for its folder (e.g. the weights before a "
+                                       "stage was re-trained).")
     ] = None,
     anatomy_study: Annotated[
         bool, typer.Option(help="Also run the anatomy study (issue #7): brain FDG and amyloid "
