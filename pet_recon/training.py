@@ -720,8 +720,9 @@ def _sd1(opts: TrainOptions, first: dict[str, Any], rng: random.Random) -> _Diff
     """SD1 and its sinogram branch, guided by the frozen SRM's restored sinogram."""
     srm_path = _frozen_path(opts, "srm.safetensors")
     srm = load_srm(srm_path, opts.device, _trusted_hash(srm_path, opts))
+    extra: dict[str, Any] = {}
     if opts.init:
-        unet, branch = _frozen_sd1(opts)
+        unet, branch, extra["init_sha256"] = _frozen_sd1(opts)
     else:
         unet = _sd_unet(None)
         branch = SinogramBranch(stage_channels=unet.stage_channels,
@@ -740,21 +741,23 @@ def _sd1(opts: TrainOptions, first: dict[str, Any], rng: random.Random) -> _Diff
         save_model(module.branch, opts.out / "sinogram-branch.safetensors")
         return path
 
-    return _Diffusion(GuidedUNet(unet, branch), predict, save)
+    return _Diffusion(GuidedUNet(unet, branch), predict, save, extra)
 
 
-def _frozen_sd1(opts: TrainOptions) -> tuple[UNet, SinogramBranch]:
-    """``--frozen``'s SD1 U-Net and sinogram branch (verified), trainable, to fine-tune."""
-    modules = []
+def _frozen_sd1(opts: TrainOptions) -> tuple[UNet, SinogramBranch, dict[str, str]]:
+    """``--frozen``'s SD1 U-Net and sinogram branch (verified), trainable, to fine-tune,
+    and their SHA-256 by file name (recorded in the fine-tuned SD1's metadata)."""
+    modules, hashes = [], {}
     for name, cls in (("sd1.safetensors", UNet), ("sinogram-branch.safetensors", SinogramBranch)):
         path = _frozen_path(opts, name)
+        hashes[name] = sha256_file(path)
         module, extra = load_model(path, registry={cls.__name__: cls}, device=opts.device,
                                    expected_sha256=_trusted_hash(path, opts))
         if cls is UNet and extra.get("neighbours") != NEIGHBOURS:
             raise PetReconError(f"{path}: not an SD1 of this cascade (neighbours "
                                 f"{extra.get('neighbours')}; expected {NEIGHBOURS})")
         modules.append(module.train())
-    return modules[0], modules[1]
+    return modules[0], modules[1], hashes
 
 
 def _frozen_meta_encoder(opts: TrainOptions) -> tuple[MetaEncoder, Tokenizer]:

@@ -82,9 +82,11 @@ def test_train_mi_encoder_lock_text_keeps_sd2_tokens(runs: Path, tmp_path: Path)
 
 def test_train_sd1_init_starts_from_frozen_weights(runs: Path, tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
     from pet_recon.diffusion.schedule import NoiseSchedule
+    from pet_recon.weights import sha256_file
 
     seen: list[torch.Tensor] = []
     q_sample = NoiseSchedule.q_sample
@@ -101,6 +103,10 @@ def test_train_sd1_init_starts_from_frozen_weights(runs: Path, tmp_path: Path,
             # lr 0: the frozen weights (up to the EMA's rounding)
             assert torch.allclose(tensor, frozen[key], rtol=1e-6, atol=1e-7), (name, key)
     assert "--init --pure-noise-p 1.0" in _train_command_of(report)
+    with safe_open(report["weights"], framework="pt") as f:  # provenance of the fine-tune
+        init = json.loads(f.metadata()["extra"])["init_sha256"]
+    assert init == {name: sha256_file(runs / "weights" / name)
+                    for name in ("sd1.safetensors", "sinogram-branch.safetensors")}
     moved = load_file(train("sd1", replace(opts, out=tmp_path / "moved", lr=1e-2, steps=3,
                                            ema_decay=0.0))["weights"])
     frozen = load_file(runs / "weights" / "sd1.safetensors")
