@@ -86,6 +86,7 @@ def test_train_sd1_init_starts_from_frozen_weights(runs: Path, tmp_path: Path,
     from safetensors.torch import load_file
 
     from pet_recon.diffusion.schedule import NoiseSchedule
+    from pet_recon.training import _train_command
     from pet_recon.weights import sha256_file
 
     seen: list[torch.Tensor] = []
@@ -102,7 +103,7 @@ def test_train_sd1_init_starts_from_frozen_weights(runs: Path, tmp_path: Path,
         for key, tensor in load_file(tmp_path / "still" / name).items():
             # lr 0: the frozen weights (up to the EMA's rounding)
             assert torch.allclose(tensor, frozen[key], rtol=1e-6, atol=1e-7), (name, key)
-    assert "--init --pure-noise-p 1.0" in _train_command_of(report)
+    assert "--init --pure-noise-p 1.0" in _train_command("sd1", report["options"])
     with safe_open(report["weights"], framework="pt") as f:  # provenance of the fine-tune
         init = json.loads(f.metadata()["extra"])["init_sha256"]
     assert init == {name: sha256_file(runs / "weights" / name)
@@ -115,12 +116,6 @@ def test_train_sd1_init_starts_from_frozen_weights(runs: Path, tmp_path: Path,
         train("sd2", replace(opts, out=tmp_path / "sd2"))
     with pytest.raises(PetReconError, match=r"must be in \[0, 1\]"):
         train("sd1", replace(opts, out=tmp_path / "bad", pure_noise_p=1.5))
-
-
-def _train_command_of(report: dict) -> str:
-    from pet_recon.training import _train_command
-
-    return _train_command("sd1", report["options"])
 
 
 class _Oracle(torch.nn.Module):
