@@ -752,7 +752,7 @@ def _frozen_sd1(opts: TrainOptions) -> tuple[UNet, SinogramBranch, dict[str, str
         path = _frozen_path(opts, name)
         hashes[name] = sha256_file(path)
         module, extra = load_model(path, registry={cls.__name__: cls}, device=opts.device,
-                                   expected_sha256=_trusted_hash(path, opts))
+                                   expected_sha256=hashes[name] if opts.trust_frozen else None)
         if cls is UNet and extra.get("neighbours") != NEIGHBOURS:
             raise PetReconError(f"{path}: not an SD1 of this cascade (neighbours "
                                 f"{extra.get('neighbours')}; expected {NEIGHBOURS})")
@@ -1180,10 +1180,9 @@ def _record_cascade_metrics(weights: Path, metrics: dict[str, float], skip: set[
     from datetime import UTC, datetime
 
     import pet_recon
-    from pet_recon.weights import MANIFEST, _git_state, _write_atomic
+    from pet_recon.weights import MANIFEST, _git_state, _write_atomic, read_manifest
 
-    manifest_path = weights / MANIFEST
-    manifest = json.loads(manifest_path.read_text())
+    manifest = read_manifest(weights)
     own = {name for stage in ("srm", "mi-encoder", "unet") for name in PUBLISHED[stage]}
     stamp = {**_git_state(), "petrecon_version": pet_recon.__version__,
              "created": datetime.now(UTC).isoformat(timespec="seconds")}
@@ -1193,7 +1192,7 @@ def _record_cascade_metrics(weights: Path, metrics: dict[str, float], skip: set[
             entry["metrics"], entry["metrics_validated"] = dict(metrics), stamp
             updated.append(name)
     text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
-    _write_atomic(manifest_path, lambda tmp: tmp.write_text(text))
+    _write_atomic(weights / MANIFEST, lambda tmp: tmp.write_text(text))
     return updated
 
 
@@ -1217,12 +1216,10 @@ def publish(runs: Path, weights: Path, data: Path, device: torch.device) -> dict
     """
     import shutil
 
-    from pet_recon.weights import MANIFEST, update_manifest
+    from pet_recon.weights import read_manifest, update_manifest
 
     weights.mkdir(parents=True, exist_ok=True)
-    manifest_path = weights / MANIFEST
-    listed = (json.loads(manifest_path.read_text())["models"] if manifest_path.is_file()
-              else {})
+    listed = read_manifest(weights)["models"]
     reports, published = {}, {}
     for stage, names in PUBLISHED.items():
         report_path = runs / stage / f"{stage}.json"

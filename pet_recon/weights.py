@@ -277,6 +277,24 @@ def _git_state() -> dict[str, Any]:
     return {"git_commit": commit, "git_dirty": bool(status) if status is not None else None}
 
 
+def read_manifest(folder: str | Path) -> dict[str, Any]:
+    """The ``manifest.json`` of a weights folder (``{"format", "models"}``; with no models
+    when the folder has none yet).
+
+    Raises
+    ------
+    PetReconError
+        The manifest is not valid JSON.
+    """
+    manifest_path = Path(folder) / MANIFEST
+    if not manifest_path.is_file():
+        return {"format": MANIFEST_FORMAT, "models": {}}
+    try:
+        return json.loads(manifest_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise PetReconError(f"{manifest_path}: not valid JSON ({exc})") from exc
+
+
 def update_manifest(path: str | Path, *, name: str, config: Mapping[str, Any],
                     training: Mapping[str, Any], metrics: Mapping[str, Any]) -> dict[str, Any]:
     """Add or replace a weights file's entry in the ``manifest.json`` of its folder.
@@ -305,12 +323,7 @@ def update_manifest(path: str | Path, *, name: str, config: Mapping[str, Any],
     if not path.is_file():
         raise PetReconError(f"{path}: weights file not found")
     manifest_path = path.parent / MANIFEST
-    manifest: dict[str, Any] = {"format": MANIFEST_FORMAT, "models": {}}
-    if manifest_path.is_file():
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise PetReconError(f"{manifest_path}: not valid JSON ({exc})") from exc
+    manifest = read_manifest(path.parent)
     entry = {
         "file": path.name,
         "name": name,

@@ -286,6 +286,10 @@ def test_publish_one_retrained_stage_keeps_the_others(runs: Path, tmp_path: Path
     Cascade.load(weights, CPU)  # every hash verifies
     with pytest.raises(PetReconError, match="srm.json: no training report"):
         publish(tmp_path / "one", tmp_path / "empty", runs / "data", CPU)
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "manifest.json").write_text("{not json")
+    with pytest.raises(PetReconError, match=r"broken/manifest.json: not valid JSON"):
+        publish(tmp_path / "one", tmp_path / "broken", runs / "data", CPU)
 
 
 def test_reconstruct_mig_dm_other_matrix_comes_back_on_input_grid(
