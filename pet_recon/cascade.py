@@ -39,7 +39,7 @@ import torch
 
 from pet_recon.diffusion.anchors import ANCHORS_KEY, anchors_from_metadata
 from pet_recon.diffusion.samplers import SamplerStep, ddim, ddpm
-from pet_recon.diffusion.schedule import NoiseSchedule, randn_like, resample
+from pet_recon.diffusion.schedule import RESAMPLE_STEP, NoiseSchedule, randn_like, resample
 from pet_recon.errors import PetReconError
 from pet_recon.meta.encoder import MetaEncoder, load_meta_encoder
 from pet_recon.meta.tokenizer import Tokenizer
@@ -219,7 +219,7 @@ class Cascade:
         *,
         steps: int = 2,
         sd2_steps: int = 5,
-        resample_step: int = 50,
+        resample_step: int = RESAMPLE_STEP,
         sampler: str = "ddim",
         generator: torch.Generator | None = None,
         use_sinogram: bool = True,

@@ -376,13 +376,19 @@ def train(
                                 "(SD2's tokens) and train a new image tower against it.")
     ] = False,
     init: Annotated[
-        bool, typer.Option(help="sd1: start from --frozen's sd1 and sinogram-branch weights "
+        bool, typer.Option(help="sd1, sd2: start from --frozen's weights of the stage "
                                 "(fine-tuning) instead of random ones.")
     ] = False,
     pure_noise_p: Annotated[
         float, typer.Option(min=0.0, max=1.0,
                             help="sd1: fraction of items trained at t = T (pure noise, the "
                                  "sampler's first step); the rest uniform on 1..T.")
+    ] = 0.0,
+    sd1_input_p: Annotated[
+        float, typer.Option(min=0.0, max=1.0,
+                            help="sd2: fraction of items whose x_t is --frozen's SD1 output "
+                                 "re-noised to t <= 50 (what SD2 sees in reconstruct) instead "
+                                 "of the full-dose slice.")
     ] = 0.0,
 ) -> None:
     """Train one stage of the MiG-DM cascade (or the U-Net baseline) on simulated shards."""
@@ -398,7 +404,7 @@ def train(
         anchor_loss=anchor_loss, anchor_weight=anchor_weight, anchor_width=anchor_width,
         aux_weight=aux_weight, families=tuple(family or ("brain",)), mismatch=mismatch,
         modalities=tuple(modality or ("mr",)), lock_text=lock_text, init=init,
-        pure_noise_p=pure_noise_p))
+        pure_noise_p=pure_noise_p, sd1_input_p=sd1_input_p))
     typer.echo(json.dumps({k: report[k] for k in ("stage", "seconds", "weights", "metrics")}))
 
 

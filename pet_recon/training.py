@@ -76,7 +76,7 @@ from pet_recon.diffusion.anchors import (
     calibrate_from_data,
     stack_anchors,
 )
-from pet_recon.diffusion.schedule import NoiseSchedule
+from pet_recon.diffusion.schedule import RESAMPLE_STEP, NoiseSchedule
 from pet_recon.errors import PetReconError
 from pet_recon.meta.encoder import (
     MetaEncoder,
@@ -180,13 +180,22 @@ class TrainOptions:
         ``mi-encoder`` only: keep the text tower of ``frozen/mi-encoder.safetensors`` and
         train a new image tower against it (:func:`_train_mi_encoder`).
     init : bool
-        ``sd1`` only: start from ``frozen/sd1.safetensors`` and
-        ``frozen/sinogram-branch.safetensors`` (fine-tuning) instead of random weights.
+        ``sd1`` and ``sd2``: start from ``--frozen``'s weights of the stage (fine-tuning)
+        instead of random ones: ``sd1.safetensors`` and ``sinogram-branch.safetensors``, or
+        ``sd2.safetensors``.
     pure_noise_p : float
         ``sd1`` only: probability that an item's timestep is ``T`` (``x_T`` is pure noise
         up to ``sqrt(alpha_bar_T)``, so ``x0_hat`` is the regression of the full-dose slice
         on the conditions alone: what the sampler's first step returns); otherwise ``t`` is
         uniform on ``1..T``. 0 (default): uniform, as in DDPM.
+    sd1_input_p : float
+        ``sd2`` only: probability that an item's ``x_t`` is SD1's output re-noised instead
+        of the full-dose slice, at ``t`` uniform on ``1..N`` (``N`` =
+        :data:`~pet_recon.diffusion.schedule.RESAMPLE_STEP`): the states ``reconstruct``'s
+        default sampler gives SD2. SD1's output is that of ``reconstruct`` (the verified
+        cascade of ``--frozen``, 2 DDIM steps, the item's measured sinogram) on the whole
+        slice, cropped like the target; the target stays the full-dose slice. 0 (default):
+        SD2 sees only re-noised full-dose slices.
     """
 
     data: Path
@@ -214,6 +223,7 @@ class TrainOptions:
     lock_text: bool = False
     init: bool = False
     pure_noise_p: float = 0.0
+    sd1_input_p: float = 0.0
 
 
 class EMA:
@@ -770,9 +780,29 @@ def _frozen_meta_encoder(opts: TrainOptions) -> tuple[MetaEncoder, Tokenizer]:
     return encoder, tokenizer
 
 
+def _frozen_sd2(opts: TrainOptions) -> tuple[UNet, str]:
+    """``--frozen``'s SD2 U-Net (verified), trainable, and its SHA-256."""
+    path = _frozen_path(opts, "sd2.safetensors")
+    sha256 = sha256_file(path)
+    unet, extra = load_model(path, registry={"UNet": UNet}, device=opts.device,
+                             expected_sha256=sha256 if opts.trust_frozen else None)
+    if extra.get("neighbours") != NEIGHBOURS or extra.get("max_t") != SD2_MAX_T:
+        raise PetReconError(f"{path}: not an SD2 of this cascade (neighbours "
+                            f"{extra.get('neighbours')}, max_t {extra.get('max_t')}; "
+                            f"expected {NEIGHBOURS} and {SD2_MAX_T})")
+    return unet.train(), sha256
+
+
 def _sd2(opts: TrainOptions, first: dict[str, Any], rng: random.Random) -> _Diffusion:
-    """SD2, cross-attending to the frozen encoder's prompt tokens (blank at random)."""
+    """SD2, cross-attending to the frozen encoder's prompt tokens (blank at random); with
+    ``init``, fine-tuned from ``--frozen``'s SD2."""
     encoder, tokenizer = _frozen_meta_encoder(opts)
+    extra: dict[str, Any] = {}
+    if opts.init:
+        unet, sha256 = _frozen_sd2(opts)
+        extra["init_sha256"] = {"sd2.safetensors": sha256}
+    else:
+        unet = _sd_unet(encoder.config["width"])
 
     def predict(module: UNet, batch: dict[str, Any], x: torch.Tensor, t: torch.Tensor,
                 oy: int, ox: int) -> tuple[torch.Tensor, None]:
@@ -783,7 +813,7 @@ def _sd2(opts: TrainOptions, first: dict[str, Any], rng: random.Random) -> _Diff
     def save(module: UNet, extra: dict[str, Any]) -> Path:
         return save_model(module, opts.out / "sd2.safetensors", extra=extra)
 
-    return _Diffusion(_sd_unet(encoder.config["width"]), predict, save)
+    return _Diffusion(unet, predict, save, extra)
 
 
 def _sd2_anatomy(opts: TrainOptions, first: dict[str, Any], rng: random.Random) -> _Diffusion:
@@ -793,13 +823,7 @@ def _sd2_anatomy(opts: TrainOptions, first: dict[str, Any], rng: random.Random) 
     branch's tissue segmentation (whole slice) against the phantom's labels; one branch per
     modality of ``opts.modalities``, each item's anatomy through its own modality's branch."""
     encoder, tokenizer = _frozen_meta_encoder(opts)
-    sd2_path = _frozen_path(opts, "sd2.safetensors")
-    unet, sd2_extra = load_model(sd2_path, registry={"UNet": UNet},
-                                 expected_sha256=_trusted_hash(sd2_path, opts), device=opts.device)
-    if sd2_extra.get("neighbours") != NEIGHBOURS or sd2_extra.get("max_t") != SD2_MAX_T:
-        raise PetReconError(f"{sd2_path}: not an SD2 of this cascade (neighbours "
-                            f"{sd2_extra.get('neighbours')}, max_t {sd2_extra.get('max_t')}; "
-                            f"expected {NEIGHBOURS} and {SD2_MAX_T})")
+    unet, sd2_sha256 = _frozen_sd2(opts)
     modalities = _modalities(opts)
     branches = {m: AnatomyBranch(unet.stage_channels, neighbours=NEIGHBOURS) for m in modalities}
 
@@ -836,9 +860,9 @@ def _sd2_anatomy(opts: TrainOptions, first: dict[str, Any], rng: random.Random) 
         "tissue_classes": list(TISSUE_CLASSES),
         "label_to_tissue": {Label(k).name: v for k, v in LABEL_TO_TISSUE.items()},
         "other_labels": TISSUE_CLASSES[OTHER_TISSUE],
-        "initialised_from": {"file": sd2_path.name, "sha256": sha256_file(sd2_path)},
+        "initialised_from": {"file": "sd2.safetensors", "sha256": sd2_sha256},
     }}
-    return _Diffusion(AnatomyGuidedUNet(unet.train(), branches), predict, save, extra)
+    return _Diffusion(AnatomyGuidedUNet(unet, branches), predict, save, extra)
 
 
 def _modalities(opts: TrainOptions) -> tuple[str, ...]:
@@ -893,10 +917,38 @@ def _routed_features(module: AnatomyGuidedUNet, batch: dict[str, Any], oy: int, 
 DIFFUSION_STAGES = {"sd1": _sd1, "sd2": _sd2, "anatomy": _sd2_anatomy}
 
 
+class _Sd1Outputs:
+    """SD1's outputs as ``reconstruct`` computes them, for SD2's ``sd1_input_p`` items: the
+    verified cascade of ``--frozen`` (:class:`~pet_recon.cascade.Cascade`, its own CPU
+    generator seeded with ``opts.seed``), SD1 alone (2 DDIM steps, resample step 0) on the
+    whole slices with their measured sinograms."""
+
+    def __init__(self, opts: TrainOptions) -> None:
+        from pet_recon.cascade import Cascade
+
+        _frozen_path(opts, "sd1.safetensors")  # --frozen given, with an SD1
+        self.cascade = Cascade.load(opts.frozen, opts.device)
+        self.generator = torch.Generator().manual_seed(opts.seed)
+
+    def __call__(self, batch: dict[str, Any], ld: torch.Tensor, chosen: torch.Tensor
+                 ) -> torch.Tensor:
+        """``(B, 1, H, W)`` SD1 outputs (model intensity) of the ``chosen`` items ``(B,)``
+        bool; zeros for the others (not computed)."""
+        out = torch.zeros_like(ld[:, :1])
+        index = chosen.nonzero()[:, 0]
+        if len(index):
+            out[index] = self.cascade.restore(
+                ld[index], batch["sino_ld"][index.cpu()],
+                [batch["prompt"][i] for i in index.tolist()], resample_step=0,
+                generator=self.generator)
+        return out
+
+
 def _train_sd(stage: str, opts: TrainOptions) -> dict[str, Any]:
     """Train a diffusion stage (:data:`DIFFUSION_STAGES`): x0-prediction on random patches,
     SD1 on t in 1..T (with ``pure_noise_p`` of the items at T), SD2 and the anatomy-guided
-    SD2 on t in 1..:data:`SD2_MAX_T`."""
+    SD2 on t in 1..:data:`SD2_MAX_T` (SD2 with ``sd1_input_p`` of the items SD1's output
+    re-noised to t in 1..N)."""
     schedule = NoiseSchedule.linear()
     rng = random.Random(opts.seed)
     torch.manual_seed(opts.seed)
@@ -914,6 +966,7 @@ def _train_sd(stage: str, opts: TrainOptions) -> dict[str, Any]:
     size = first["ld"].shape[-1]
     diffusion = DIFFUSION_STAGES[stage](opts, first, rng)
     max_t = schedule.num_steps if stage == "sd1" else SD2_MAX_T
+    sd1 = _Sd1Outputs(opts) if opts.sd1_input_p > 0 else None
     run = _Run(stage, diffusion.module, opts)
     if opts.anchor_loss:
         anchors, calibration = _anchor_calibration(run, schedule, opts)
@@ -932,7 +985,13 @@ def _train_sd(stage: str, opts: TrainOptions) -> dict[str, Any]:
             # t = T for a fraction of the items: the regime of the sampler's first step.
             pure = torch.rand(t.shape, device=opts.device) < opts.pure_noise_p
             t = torch.where(pure, torch.full_like(t, max_t), t)
-        x_t = schedule.q_sample(x0, t, torch.randn_like(x0))
+        start = x0  # what is re-noised to x_t
+        if sd1 is not None:
+            # MiG-DM Sec. III.C: SD2 starts from SD1's output x0_hat_SD1 re-noised to N
+            chosen = torch.rand(t.shape, device=opts.device) < opts.sd1_input_p
+            start = torch.where(chosen[:, None, None, None], sd1(batch, ld, chosen)[window], x0)
+            t = torch.where(chosen, torch.randint_like(t, 1, RESAMPLE_STEP + 1), t)
+        x_t = schedule.q_sample(start, t, torch.randn_like(x0))
         with _autocast(opts.device, opts.bf16):
             pred, auxiliary = diffusion.predict(run.module, batch, torch.cat([x_t, cond], 1), t,
                                                 oy, ox)
@@ -1028,10 +1087,14 @@ def train(stage: str, opts: TrainOptions) -> dict[str, Any]:
     """
     if stage not in STAGES:
         raise PetReconError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
-    if stage != "sd1" and (opts.init or opts.pure_noise_p > 0):
-        raise PetReconError(f"--init and --pure-noise-p are options of sd1, not {stage}")
-    if not 0 <= opts.pure_noise_p <= 1:
-        raise PetReconError(f"--pure-noise-p must be in [0, 1], got {opts.pure_noise_p}")
+    if stage not in ("sd1", "sd2") and opts.init:
+        raise PetReconError(f"--init is an option of sd1 and sd2, not {stage}")
+    for name, value, owner in (("pure-noise-p", opts.pure_noise_p, "sd1"),
+                               ("sd1-input-p", opts.sd1_input_p, "sd2")):
+        if stage != owner and value > 0:
+            raise PetReconError(f"--{name} is an option of {owner}, not {stage}")
+        if not 0 <= value <= 1:
+            raise PetReconError(f"--{name} must be in [0, 1], got {value}")
     if not (Path(opts.data) / "train").is_dir():
         raise PetReconError(f"{opts.data}: no train/ shards (run petrecon make-dataset)")
     t0 = time.perf_counter()
@@ -1055,7 +1118,7 @@ def train(stage: str, opts: TrainOptions) -> dict[str, Any]:
 
 @torch.no_grad()
 def validate_cascade(folder: Path, data: Path, device: torch.device, *, slices: int = 32,
-                     steps: int = 2, sd2_steps: int = 5, resample_step: int = 50,
+                     steps: int = 2, sd2_steps: int = 5, resample_step: int = RESAMPLE_STEP,
                      seed: int = 0) -> dict[str, float]:
     """PSNR (dB, against full dose, whole slice, range = full-dose max) of the low-dose
     input, SD1 alone and the whole cascade on ``slices`` validation slices, with the
@@ -1137,6 +1200,8 @@ def _train_command(stage: str, options: dict[str, str]) -> str:
         flags.append("--init")
     if float(options.get("pure_noise_p", 0.0)) > 0:
         flags.append(f"--pure-noise-p {options['pure_noise_p']}")
+    if float(options.get("sd1_input_p", 0.0)) > 0:
+        flags.append(f"--sd1-input-p {options['sd1_input_p']}")
     if options.get("anchor_loss") == "True":
         flags.append("--anchor-loss")
     if stage == "anatomy":

@@ -112,10 +112,68 @@ def test_train_sd1_init_starts_from_frozen_weights(runs: Path, tmp_path: Path,
                                            ema_decay=0.0))["weights"])
     frozen = load_file(runs / "weights" / "sd1.safetensors")
     assert max(float((moved[k] - frozen[k]).abs().max()) for k in frozen) > 1e-4
-    with pytest.raises(PetReconError, match="options of sd1, not sd2"):
+    with pytest.raises(PetReconError, match="--pure-noise-p is an option of sd1, not sd2"):
         train("sd2", replace(opts, out=tmp_path / "sd2"))
-    with pytest.raises(PetReconError, match=r"must be in \[0, 1\]"):
+    with pytest.raises(PetReconError, match=r"--pure-noise-p must be in \[0, 1\]"):
         train("sd1", replace(opts, out=tmp_path / "bad", pure_noise_p=1.5))
+
+
+def test_train_sd2_sd1_input_starts_from_sd1_outputs(runs: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from pet_recon.diffusion.schedule import RESAMPLE_STEP, NoiseSchedule
+    from pet_recon.training import _train_command
+    from pet_recon.weights import sha256_file
+
+    starts: list[tuple[torch.Tensor, torch.Tensor]] = []  # training's (per-item t)
+    q_sample = NoiseSchedule.q_sample
+
+    def recorded_q_sample(self: NoiseSchedule, x0: torch.Tensor, t: torch.Tensor | int,
+                          noise: torch.Tensor) -> torch.Tensor:
+        if isinstance(t, torch.Tensor):  # not the DDIM steps of SD1 (one int t)
+            starts.append((x0.clone(), t))
+        return q_sample(self, x0, t, noise)
+
+    monkeypatch.setattr(NoiseSchedule, "q_sample", recorded_q_sample)
+    outputs: list[tuple[torch.Tensor, int]] = []
+    restore = Cascade.restore
+
+    def recorded(self: Cascade, *args: object, **kwargs: object) -> torch.Tensor:
+        out = restore(self, *args, **kwargs)
+        outputs.append((out.clone(), kwargs["resample_step"]))  # type: ignore[arg-type]
+        return out
+
+    monkeypatch.setattr(Cascade, "restore", recorded)
+    # 32 x 32 slices, 32 x 32 patches: the patch is the whole slice.
+    opts = TrainOptions(data=runs / "data", out=tmp_path / "still", steps=1, device=CPU,
+                        batch_size=4, patch=32, frozen=runs / "weights", trust_frozen=True,
+                        init=True, sd1_input_p=1.0, lr=0.0)
+    report = train("sd2", opts)
+    (start, t), = starts
+    (sd1, resample_step), = outputs
+    assert resample_step == 0  # SD1 alone, as reconstruct runs it before re-noising
+    assert torch.equal(start, sd1)  # every item's x_t re-noises SD1's output ...
+    assert 1 <= int(t.min()) and int(t.max()) <= RESAMPLE_STEP  # ... to t <= N
+    frozen = load_file(runs / "weights" / "sd2.safetensors")
+    for key, tensor in load_file(report["weights"]).items():  # lr 0: the frozen SD2
+        assert torch.allclose(tensor, frozen[key], rtol=1e-6, atol=1e-7), key
+    with safe_open(report["weights"], framework="pt") as f:
+        extra = json.loads(f.metadata()["extra"])
+    assert extra["init_sha256"] == {"sd2.safetensors": sha256_file(runs / "weights" /
+                                                                   "sd2.safetensors")}
+    assert "--init --sd1-input-p 1.0" in _train_command("sd2", report["options"])
+    starts.clear(), outputs.clear()
+    train("sd2", replace(opts, out=tmp_path / "plain", sd1_input_p=0.0, init=False))
+    assert not outputs and int(starts[0][1].max()) > RESAMPLE_STEP  # full dose, t up to 400
+    for stage, change, message in (
+            ("sd1", {"sd1_input_p": 0.5}, "--sd1-input-p is an option of sd2, not sd1"),
+            ("sd2", {"sd1_input_p": 2.0}, r"--sd1-input-p must be in \[0, 1\]"),
+            ("srm", {"init": True, "sd1_input_p": 0.0}, "--init is an option of sd1 and sd2"),
+            ("sd2", {"frozen": tmp_path / "none"}, "none/mi-encoder.safetensors: not found")):
+        with pytest.raises(PetReconError, match=message):
+            train(stage, replace(opts, out=tmp_path / "bad", **change))
 
 
 class _Oracle(torch.nn.Module):

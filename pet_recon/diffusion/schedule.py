@@ -27,6 +27,9 @@ import torch
 
 #: Schedule kinds understood by :meth:`NoiseSchedule.from_config`.
 SCHEDULE_KINDS = ("linear", "cosine")
+#: ``N``, the step SD1's output is re-noised to before SD2 (MiG-DM, Sec. III.C: 50 of
+#: ``T = 1000``); :func:`resample`, ``reconstruct --resample-step``'s default.
+RESAMPLE_STEP = 50
 
 
 def randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
