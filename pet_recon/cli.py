@@ -390,6 +390,10 @@ def train(
                                  "re-noised to t <= 50 (what SD2 sees in reconstruct) instead "
                                  "of the full-dose slice.")
     ] = 0.0,
+    lesion_weight: Annotated[
+        float, typer.Option(min=0.0, help="sd1, sd2, anatomy: extra loss weight of lesion pixels "
+                                          "(1 + W times the squared error; 0: plain MSE).")
+    ] = 0.0,
 ) -> None:
     """Train one stage of the MiG-DM cascade (or the U-Net baseline) on simulated shards."""
     from pet_recon.training import STAGES, TrainOptions
@@ -404,7 +408,7 @@ def train(
         anchor_loss=anchor_loss, anchor_weight=anchor_weight, anchor_width=anchor_width,
         aux_weight=aux_weight, families=tuple(family or ("brain",)), mismatch=mismatch,
         modalities=tuple(modality or ("mr",)), lock_text=lock_text, init=init,
-        pure_noise_p=pure_noise_p, sd1_input_p=sd1_input_p))
+        pure_noise_p=pure_noise_p, sd1_input_p=sd1_input_p, lesion_weight=lesion_weight))
     typer.echo(json.dumps({k: report[k] for k in ("stage", "seconds", "weights", "metrics")}))
 
 

@@ -125,7 +125,8 @@ class SliceStream(torch.utils.data.IterableDataset):
     full-dose level (``sino_ld * k``), ``drf`` (float), ``ref`` (the case's intensity
     reference at that dose level, :func:`pet_recon.models.intensity.reference_value`, SUV),
     plus ``prompt`` (str) and ``case_id``; with ``with_levels`` also ``levels``; with
-    ``with_anatomy`` also ``anatomy``, ``labels`` and ``modality``.
+    ``with_anatomy`` also ``anatomy``, ``labels`` and ``modality``; with ``with_labels``
+    also ``labels``.
 
     Parameters
     ----------
@@ -161,6 +162,9 @@ class SliceStream(torch.utils.data.IterableDataset):
         the phantom label ids of the plane. Shards without ``labels`` or a volume of
         ``modalities`` (``mr``, ``ct``) are skipped. Off by default: items and the
         shuffling order are the same with it on or off.
+    with_labels : bool
+        Add ``labels`` (as with ``with_anatomy``) without the anatomical input; shards
+        without ``labels`` are skipped. Items and order are the same with it on or off.
     mismatch : float
         With ``with_anatomy``: the probability that a case's MR ``anatomy`` comes from its
         ``mr_mismatch`` volume (the MR without the lesions and with MR-only spheres) instead
@@ -179,7 +183,7 @@ class SliceStream(torch.utils.data.IterableDataset):
     def __init__(self, root: Path, split: str, *, families: tuple[str, ...] | None = None,
                  drfs: tuple[int, ...] | None = None, neighbours: int = 1, seed: int = 0,
                  shuffle: bool = True, cases_in_flight: int = 8, with_levels: bool = False,
-                 with_anatomy: bool = False, mismatch: float = 0.0,
+                 with_anatomy: bool = False, with_labels: bool = False, mismatch: float = 0.0,
                  modalities: tuple[str, ...] = ("MR",)) -> None:
         super().__init__()
         if split not in SPLITS:
@@ -188,7 +192,7 @@ class SliceStream(torch.utils.data.IterableDataset):
             raise ValueError(f"mismatch must be a probability, got {mismatch}")
         if not modalities or not set(modalities) <= set(MODALITIES):
             raise ValueError(f"modalities must be among {MODALITIES}, got {modalities}")
-        needed = set()
+        needed = {"labels"} if with_labels else set()
         if with_anatomy:
             needed = {"labels", *(m.lower() for m in modalities)}
             if mismatch > 0 and "MR" in modalities:
@@ -208,6 +212,7 @@ class SliceStream(torch.utils.data.IterableDataset):
         self.cases_in_flight = max(1, cases_in_flight) if shuffle else 1
         self.with_levels = with_levels
         self.with_anatomy, self.mismatch = with_anatomy, mismatch
+        self.with_labels = with_labels or with_anatomy
         self.modalities = tuple(dict.fromkeys(modalities))
 
     def set_epoch(self, epoch: int) -> None:
@@ -239,7 +244,7 @@ class SliceStream(torch.utils.data.IterableDataset):
                       for k in drfs}
             every_level = ({k: levels[k][0] if k in levels else f.get_tensor(f"ld_drf{k}")
                             for k in record["drfs"]} if self.with_levels else {})
-            labels = f.get_tensor("labels") if self.with_anatomy else None
+            labels = f.get_tensor("labels") if self.with_labels else None
         spacing = (record["pixel_mm"], record["pixel_mm"], record["plane_mm"])
         refs = {k: reference_value(levels[k][0].float().numpy(), spacing) for k in drfs}
         if self.with_anatomy:
@@ -268,9 +273,10 @@ class SliceStream(torch.utils.data.IterableDataset):
             }
             if self.with_levels:
                 item["levels"] = {k: volume[p : p + 1] for k, volume in every_level.items()}
+            if self.with_labels:
+                item["labels"] = labels[p].long()
             if self.with_anatomy:
                 item["anatomy"] = anatomy[idx]
-                item["labels"] = labels[p].long()
                 item["modality"] = modality
             yield item
 

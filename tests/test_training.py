@@ -176,6 +176,47 @@ def test_train_sd2_sd1_input_starts_from_sd1_outputs(runs: Path, tmp_path: Path,
             train(stage, replace(opts, out=tmp_path / "bad", **change))
 
 
+def test_lesion_weights_mark_dilated_lesions() -> None:
+    from pet_recon.physics.phantoms import LESION_BASE, Label
+    from pet_recon.training import lesion_weights
+
+    labels = torch.full((2, 8, 8), int(Label.LIVER))
+    labels[0, 3, 4] = LESION_BASE + 1
+    weights = lesion_weights(labels, 4.0)
+    expected = torch.ones(2, 1, 8, 8)
+    expected[0, 0, 2:5, 3:6] = 5.0  # the lesion pixel and its 8 neighbours
+    assert weights.dtype == torch.float32 and torch.equal(weights, expected)
+
+
+def test_train_sd2_lesion_weight_weights_the_squared_error(
+        runs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pet_recon.training as training
+
+    losses: list[float] = []
+    step = training._Run.step
+    monkeypatch.setattr(training._Run, "step", lambda self, i, loss: losses.append(
+        float(loss.detach())) or step(self, i, loss))
+    seen: list[tuple[torch.Tensor, float]] = []
+    monkeypatch.setattr(training, "lesion_weights", lambda labels, weight: seen.append(
+        (labels, weight)) or torch.full((labels.shape[0], 1, *labels.shape[1:]), 3.0))
+    opts = TrainOptions(data=runs / "data", out=tmp_path / "plain", steps=2, device=CPU,
+                        batch_size=4, patch=32, frozen=runs / "weights", trust_frozen=True,
+                        lr=0.0, bf16=False)
+    train("sd2", opts)
+    plain, losses[:] = list(losses), []
+    report = train("sd2", replace(opts, out=tmp_path / "weighted", lesion_weight=2.5))
+    # Same batches, noise and timesteps; every pixel weighted 3 (the stand-in map).
+    assert losses == pytest.approx([3 * loss for loss in plain], rel=1e-5)
+    labels, weight = seen[0]
+    assert labels.shape == (4, 32, 32) and labels.dtype == torch.int64 and weight == 2.5
+    assert "--lesion-weight 2.5" in training._train_command("sd2", report["options"])
+    for stage, change, message in (
+            ("srm", {"lesion_weight": 1.0}, "--lesion-weight is an option of sd1, sd2, anatomy"),
+            ("sd2", {"lesion_weight": -1.0}, "--lesion-weight must be >= 0")):
+        with pytest.raises(PetReconError, match=message):
+            train(stage, replace(opts, out=tmp_path / "bad", **change))
+
+
 class _Oracle(torch.nn.Module):
     """Embeds prompt ``i`` and image ``i`` of a batch on axis ``i`` (images shifted by
     ``shift``): retrieval is 1 without a shift and 0 with one."""
