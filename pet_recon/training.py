@@ -1023,11 +1023,11 @@ def _train_sd(stage: str, opts: TrainOptions) -> dict[str, Any]:
         with _autocast(opts.device, opts.bf16):
             pred, auxiliary = diffusion.predict(run.module, batch, torch.cat([x_t, cond], 1), t,
                                                 oy, ox)
-        if opts.lesion_weight > 0:
-            pixel_weights = lesion_weights(batch["labels"].to(opts.device), opts.lesion_weight)
-            loss = (pixel_weights[window] * (pred.float() - x0) ** 2).mean()
-        else:
-            loss = nn.functional.mse_loss(pred.float(), x0)
+        squared_error = (pred.float() - x0) ** 2
+        if opts.lesion_weight > 0:  # the map of the whole slice, so the dilation sees past the crop
+            squared_error = squared_error * lesion_weights(
+                batch["labels"].to(opts.device), opts.lesion_weight)[window]
+        loss = squared_error.mean()
         if auxiliary is not None:
             loss = loss + auxiliary
         if opts.anchor_loss:
