@@ -233,6 +233,7 @@ class Cascade:
         anatomy_sigma_px: tuple[float, float] | Sequence[tuple[float, float]] | None = None,
         callback: Callable[[str, Any], None] | None = None,
         timings: dict[str, float] | None = None,
+        mirror: bool = False,
     ) -> torch.Tensor:
         """Restore a batch of slices.
 
@@ -299,12 +300,70 @@ class Cascade:
         timings : dict, optional
             Seconds spent per stage are added to ``sinogram_branch_s``, ``sd1_s``, ``sd2_s``
             (and ``anatomy_branch_s`` with ``anatomy``).
+        mirror : bool
+            Test-time self-ensemble: also restore the left-right mirrored planes (the
+            sinogram branch's image-space features, the anatomy planes and the noise mirrored
+            with them) and return the mean of the two restorations, mirrored back (the
+            progressive estimates likewise). Costs a second pass; ``docs/benchmark.md``,
+            "Mirrored second pass", has what it gains.
 
         Returns
         -------
         torch.Tensor
             ``(B, 1, H, W)`` restored centre planes in model intensity.
         """
+        kwargs: dict[str, Any] = {
+            "steps": steps, "sd2_steps": sd2_steps, "resample_step": resample_step,
+            "sampler": sampler, "generator": generator, "use_sinogram": use_sinogram,
+            "use_prompt": use_prompt, "sd2_first": sd2_first, "anchor_steps": anchor_steps,
+            "modality": modality, "anatomy_sigma_px": anatomy_sigma_px, "callback": callback,
+            "timings": timings}
+        x = self._restore_pass(low_dose, sinograms, prompt, noise=noise, anatomy=anatomy,
+                               anchor_images=anchor_images, mirrored=False, **kwargs)
+        if not mirror:
+            return x
+
+        def flip(t: torch.Tensor) -> torch.Tensor:
+            return t.flip(-1)  # left-right: columns reversed
+
+        mirrored_anchors: dict[int, torch.Tensor] | None = (
+            None if anchor_images is None else {})
+        x_m = self._restore_pass(
+            flip(low_dose), sinograms, prompt, noise=None if noise is None else (
+                flip(noise[0]), flip(noise[1])),
+            anatomy=None if anatomy is None else flip(anatomy),
+            anchor_images=mirrored_anchors, mirrored=True, **kwargs)
+        for t_k, image in (mirrored_anchors or {}).items():
+            anchor_images[t_k] = (anchor_images[t_k] + flip(image)) / 2  # type: ignore[index]
+        return (x + flip(x_m)) / 2
+
+    def _restore_pass(
+        self,
+        low_dose: torch.Tensor,
+        sinograms: torch.Tensor | None,
+        prompt: str | Sequence[str],
+        *,
+        steps: int = 2,
+        sd2_steps: int = 5,
+        resample_step: int = RESAMPLE_STEP,
+        sampler: str = "ddim",
+        generator: torch.Generator | None = None,
+        use_sinogram: bool = True,
+        use_prompt: bool = True,
+        sd2_first: bool = False,
+        noise: tuple[torch.Tensor, torch.Tensor] | None = None,
+        anchor_steps: Sequence[int] = (),
+        anchor_images: dict[int, torch.Tensor] | None = None,
+        anatomy: torch.Tensor | None = None,
+        modality: str = "MR",
+        anatomy_sigma_px: tuple[float, float] | Sequence[tuple[float, float]] | None = None,
+        callback: Callable[[str, Any], None] | None = None,
+        timings: dict[str, float] | None = None,
+        mirrored: bool = False,
+    ) -> torch.Tensor:
+        """One pass of :meth:`restore`; ``mirrored``: ``low_dose`` (and ``anatomy`` and
+        ``noise``) are the mirrored planes while ``sinograms`` are not, so the sinogram
+        branch's image-space features are mirrored to match."""
         if sampler not in SAMPLERS:
             raise PetReconError(f"unknown sampler {sampler!r}; choose {', '.join(SAMPLERS)}")
         if not 0 <= resample_step <= self.schedule.num_steps:
@@ -336,6 +395,8 @@ class Cascade:
             s, _ = normalise_sinogram(sino.to(self.device, torch.float32))
             with self._autocast():
                 features = self.branch(self.srm(s))
+            if mirrored and sinograms is not None:  # a projection of low_dose is mirrored
+                features = [f.flip(-1) for f in features]
         clock.lap("sinogram_branch_s")
         sd2, anatomy_features = self.sd2, None
         if anatomy is not None and self.anatomy is not None:

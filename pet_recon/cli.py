@@ -94,6 +94,10 @@ def reconstruct(
     samples: Annotated[
         int, typer.Option(min=1, max=64, help="Average this many samples (K times slower).")
     ] = 1,
+    mirror: Annotated[
+        bool, typer.Option(help="Average with a left-right mirrored pass (2x slower, "
+                                "slightly better; docs/benchmark.md).")
+    ] = False,
     shared_noise: Annotated[
         bool, typer.Option("--shared-noise/--per-slice-noise",
                            help="One noise plane for all slices (coherent along z).")
@@ -144,9 +148,9 @@ def reconstruct(
         raise PetReconError(f"--sampler must be ddim or ddpm, got {sampler!r}")
     options = CascadeOptions(sino=sino, drf=drf, steps=steps, sd2_steps=sd2_steps,
                              resample_step=resample_step, sampler=sampler, seed=seed,
-                             samples=samples, shared_noise=shared_noise, device=device,
-                             batch_size=batch_size, weights=weights, progressive=progressive,
-                             anatomy=anatomy, register=register,
+                             samples=samples, mirror=mirror, shared_noise=shared_noise,
+                             device=device, batch_size=batch_size, weights=weights,
+                             progressive=progressive, anatomy=anatomy, register=register,
                              anatomy_detail_fwhm_mm=anatomy_detail)
     result = run(
         in_path, out_dir, method=method, fwhm_mm=fwhm, series_uid=series_uid,

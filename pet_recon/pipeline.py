@@ -125,6 +125,10 @@ class CascadeOptions:
     samples : int
         Restore the volume this many times (different noise draws) and average: lowers
         the sampling noise at ``samples`` times the cost.
+    mirror : bool
+        Also restore the left-right mirrored volume and average the two (test-time
+        self-ensemble, :meth:`pet_recon.cascade.Cascade.restore`): twice the networks'
+        time for a small PSNR gain (``docs/benchmark.md``, "Mirrored second pass").
     shared_noise : bool
         Draw the initial and the resampling noise once per volume (one plane for every
         slice) instead of per slice, so that the sampling noise does not change from slice
@@ -172,6 +176,7 @@ class CascadeOptions:
     batch_size: int = 8
     weights: Path | None = None
     samples: int = 1
+    mirror: bool = False
     shared_noise: bool = True
     use_sinogram: bool = True
     use_prompt: bool = True
@@ -429,7 +434,7 @@ def _restore_mig_dm(volume_suv: np.ndarray, meta: SeriesMeta, opts: CascadeOptio
                 use_prompt=opts.use_prompt, sd2_first=opts.sd2_first, noise=noise,
                 anchor_steps=sorted(set(levels.values())), anchor_images=anchor_images,
                 anatomy=planes, modality=str((anatomy_entry or {}).get("modality", "MR")),
-                anatomy_sigma_px=sigma_px,
+                anatomy_sigma_px=sigma_px, mirror=opts.mirror,
                 timings=stage_s)
             out[start:stop] += restored[:, 0].float().cpu().numpy() * (ref / opts.samples)
             for k, t_k in levels.items():
@@ -466,6 +471,7 @@ def _restore_mig_dm(volume_suv: np.ndarray, meta: SeriesMeta, opts: CascadeOptio
         "resample_step": opts.resample_step,
         "seed": opts.seed,
         "samples_averaged": opts.samples,
+        "mirrored_pass": opts.mirror,
         "noise": "shared across slices" if opts.shared_noise else "per slice",
         "ablations": {"sinogram_branch": opts.use_sinogram, "prompt": opts.use_prompt,
                       "sd2_first": opts.sd2_first, "prompt_replaced": opts.prompt is not None},
@@ -492,7 +498,8 @@ def _derivation(method: str, fwhm_mm: float, cascade: CascadeOptions,
     return (text + f" (SRM, sinogram adapter, SD1 {cascade.steps} {cascade.sampler} steps, "
             f"resample to step {cascade.resample_step}, {sd2} {cascade.sd2_steps} steps, "
             f"seed {cascade.seed}"
-            + (f", mean of {cascade.samples} samples)" if cascade.samples > 1 else ")"))
+            + (f", mean of {cascade.samples} samples" if cascade.samples > 1 else "")
+            + (", averaged with a mirrored pass" if cascade.mirror else "") + ")")
 
 
 def _write_anchor(anchor: AnchorVolume, index: int, meta: SeriesMeta, staging: Path,
