@@ -304,66 +304,15 @@ class Cascade:
             Test-time self-ensemble: also restore the left-right mirrored planes (the
             sinogram branch's image-space features, the anatomy planes and the noise mirrored
             with them) and return the mean of the two restorations, mirrored back (the
-            progressive estimates likewise). Costs a second pass; ``docs/benchmark.md``,
-            "Mirrored second pass", has what it gains.
+            progressive estimates likewise). The sinogram branch and the prompt encoder
+            run once (their features are mirrored); the second pass costs one more SD1 ->
+            SD2 trajectory. ``docs/benchmark.md``, "Mirrored second pass", has what it gains.
 
         Returns
         -------
         torch.Tensor
             ``(B, 1, H, W)`` restored centre planes in model intensity.
         """
-        kwargs: dict[str, Any] = {
-            "steps": steps, "sd2_steps": sd2_steps, "resample_step": resample_step,
-            "sampler": sampler, "generator": generator, "use_sinogram": use_sinogram,
-            "use_prompt": use_prompt, "sd2_first": sd2_first, "anchor_steps": anchor_steps,
-            "modality": modality, "anatomy_sigma_px": anatomy_sigma_px, "callback": callback,
-            "timings": timings}
-        x = self._restore_pass(low_dose, sinograms, prompt, noise=noise, anatomy=anatomy,
-                               anchor_images=anchor_images, mirrored=False, **kwargs)
-        if not mirror:
-            return x
-
-        def flip(t: torch.Tensor) -> torch.Tensor:
-            return t.flip(-1)  # left-right: columns reversed
-
-        mirrored_anchors: dict[int, torch.Tensor] | None = (
-            None if anchor_images is None else {})
-        x_m = self._restore_pass(
-            flip(low_dose), sinograms, prompt, noise=None if noise is None else (
-                flip(noise[0]), flip(noise[1])),
-            anatomy=None if anatomy is None else flip(anatomy),
-            anchor_images=mirrored_anchors, mirrored=True, **kwargs)
-        for t_k, image in (mirrored_anchors or {}).items():
-            anchor_images[t_k] = (anchor_images[t_k] + flip(image)) / 2  # type: ignore[index]
-        return (x + flip(x_m)) / 2
-
-    def _restore_pass(
-        self,
-        low_dose: torch.Tensor,
-        sinograms: torch.Tensor | None,
-        prompt: str | Sequence[str],
-        *,
-        steps: int = 2,
-        sd2_steps: int = 5,
-        resample_step: int = RESAMPLE_STEP,
-        sampler: str = "ddim",
-        generator: torch.Generator | None = None,
-        use_sinogram: bool = True,
-        use_prompt: bool = True,
-        sd2_first: bool = False,
-        noise: tuple[torch.Tensor, torch.Tensor] | None = None,
-        anchor_steps: Sequence[int] = (),
-        anchor_images: dict[int, torch.Tensor] | None = None,
-        anatomy: torch.Tensor | None = None,
-        modality: str = "MR",
-        anatomy_sigma_px: tuple[float, float] | Sequence[tuple[float, float]] | None = None,
-        callback: Callable[[str, Any], None] | None = None,
-        timings: dict[str, float] | None = None,
-        mirrored: bool = False,
-    ) -> torch.Tensor:
-        """One pass of :meth:`restore`; ``mirrored``: ``low_dose`` (and ``anatomy`` and
-        ``noise``) are the mirrored planes while ``sinograms`` are not, so the sinogram
-        branch's image-space features are mirrored to match."""
         if sampler not in SAMPLERS:
             raise PetReconError(f"unknown sampler {sampler!r}; choose {', '.join(SAMPLERS)}")
         if not 0 <= resample_step <= self.schedule.num_steps:
@@ -386,8 +335,10 @@ class Cascade:
             raise PetReconError("the anatomy bound needs SD2 after SD1 (not with sd2_first)")
         sample = SAMPLERS[sampler]
         clock = _Clock(timings)
-        x_cond = low_dose.to(self.device, torch.float32)
         c = self.neighbours
+        # The conditioning shared by both orientations: the sinogram branch's image-space
+        # features F_s (Sec. III.C, steps 1-2) and the prompt's meta-information tokens.
+        x_cond = low_dose.to(self.device, torch.float32)
         features = None
         if use_sinogram:
             sino = sinograms if sinograms is not None else project_image(
@@ -395,92 +346,115 @@ class Cascade:
             s, _ = normalise_sinogram(sino.to(self.device, torch.float32))
             with self._autocast():
                 features = self.branch(self.srm(s))
-            if mirrored and sinograms is not None:  # a projection of low_dose is mirrored
-                features = [f.flip(-1) for f in features]
         clock.lap("sinogram_branch_s")
-        sd2, anatomy_features = self.sd2, None
-        if anatomy is not None and self.anatomy is not None:
-            sd2 = self.anatomy.unet
-            with self._autocast():
-                anatomy_features = self.anatomy.branch(modality)(
-                    anatomy.to(self.device, torch.float32))
-            clock.lap("anatomy_branch_s")
-
-        def sd1_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            with self._autocast():
-                return self.sd1(torch.cat([x_t, x_cond], 1), t, stage_features=features).float()
-
         prompts = [prompt] * x_cond.shape[0] if isinstance(prompt, str) else list(prompt)
         ids, numeric, mask = (t.to(self.device) for t in self.tokenizer.encode_batch(prompts))
         tokens, _ = self.encoder.text(ids, numeric, mask)
         if not use_prompt:
             mask = torch.zeros_like(mask)
 
-        def sd2_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            with self._autocast():
-                return sd2(torch.cat([x_t, x_cond], 1), t, context=tokens, context_mask=mask,
-                           stage_features=anatomy_features).float()
+        def trajectory(x_cond: torch.Tensor, features: list[torch.Tensor] | None,
+                       noise: tuple[torch.Tensor, torch.Tensor] | None,
+                       anatomy: torch.Tensor | None,
+                       anchor_images: dict[int, torch.Tensor] | None) -> torch.Tensor:
+            """SD1 from x_T -> resample to N -> SD2 (steps 3-5) for one orientation."""
+            sd2, anatomy_features = self.sd2, None
+            if anatomy is not None and self.anatomy is not None:
+                sd2 = self.anatomy.unet
+                with self._autocast():
+                    anatomy_features = self.anatomy.branch(modality)(
+                        anatomy.to(self.device, torch.float32))
+                clock.lap("anatomy_branch_s")
 
-        def pet_only_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            with self._autocast():
-                return self.sd2(torch.cat([x_t, x_cond], 1), t, context=tokens,
-                                context_mask=mask).float()
+            def sd1_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+                with self._autocast():
+                    return self.sd1(torch.cat([x_t, x_cond], 1), t,
+                                    stage_features=features).float()
 
-        (first, first_fn), (second, second_fn) = (("sd1", sd1_fn), ("sd2", sd2_fn))[
-            :: -1 if sd2_first else 1]
-        x_T = (randn_like(x_cond[:, :1], generator) if noise is None
-               else noise[0].to(x_cond).expand_as(x_cond[:, :1]))
-        x = sample(first_fn, x_T, self.schedule, t_start=self.schedule.num_steps, steps=steps,
-                   generator=generator,
-                   callback=None if callback is None else lambda i: callback(first, i))
-        clock.lap(f"{first}_s")
-        if resample_step == 0:
+            def sd2_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+                with self._autocast():
+                    return sd2(torch.cat([x_t, x_cond], 1), t, context=tokens,
+                               context_mask=mask, stage_features=anatomy_features).float()
+
+            def pet_only_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+                with self._autocast():
+                    return self.sd2(torch.cat([x_t, x_cond], 1), t, context=tokens,
+                                    context_mask=mask).float()
+
+            (first, first_fn), (second, second_fn) = (("sd1", sd1_fn), ("sd2", sd2_fn))[
+                :: -1 if sd2_first else 1]
+            x_T = (randn_like(x_cond[:, :1], generator) if noise is None
+                   else noise[0].to(x_cond).expand_as(x_cond[:, :1]))
+            x = sample(first_fn, x_T, self.schedule, t_start=self.schedule.num_steps,
+                       steps=steps, generator=generator,
+                       callback=None if callback is None else lambda i: callback(first, i))
+            clock.lap(f"{first}_s")
+            if resample_step == 0:
+                return x
+            # eps of the resampling step, drawn as resample() would draw it
+            eps_n = randn_like(x, generator) if noise is None else noise[1].to(x).expand_as(x)
+            x_n = resample(x, resample_step, self.schedule, noise=eps_n)
+            # The progressive estimates come from the SD2 whose trajectory gives the output,
+            # or, with the anatomy bound, from the PET-only SD2 (trained with the anchors).
+            anchor_fn = pet_only_fn if bounded else second_fn
+            pending = sorted(anchor_steps)
+            for t_k in [t_k for t_k in pending if t_k >= resample_step]:
+                # MAP-Diff anchor at or above N: SD1's output re-noised to t_k (same eps)
+                anchor_images[t_k] = _at(  # type: ignore[index]
+                    anchor_fn, self.schedule.q_sample(x, t_k, eps_n), t_k)
+            pending = [t_k for t_k in pending if t_k < resample_step]
+
+            def anchors(info: SamplerStep) -> None:
+                for t_k in [t_k for t_k in pending if info.t >= t_k > info.t_next]:
+                    if t_k == info.t:
+                        anchor_images[t_k] = info.x0_pred  # type: ignore[index]
+                        continue
+                    # DDIM move from x_t to x_{t_k} (Song et al. Eq. 12, eta = 0), then x0_hat
+                    eps_hat = self.schedule.predict_eps_from_x0(info.x_t, info.t, info.x0_pred)
+                    x_k = self.schedule.q_sample(info.x0_pred, t_k, eps_hat)
+                    anchor_images[t_k] = _at(anchor_fn, x_k, t_k)  # type: ignore[index]
+
+            def on_step(info: SamplerStep) -> None:
+                if not bounded:
+                    anchors(info)
+                if callback is not None:
+                    callback(second, info)
+
+            n_steps = min(sd2_steps, resample_step)
+            x_pet = None
+            if bounded:
+                # The PET-only SD2 from the same x_N; DDPM's draws repeated for the guided pass.
+                state = None if generator is None else generator.get_state()
+                x_pet = sample(pet_only_fn, x_n, self.schedule, t_start=resample_step,
+                               steps=n_steps, generator=generator,
+                               callback=anchors if pending else None)
+                if state is not None:
+                    generator.set_state(state)
+            x = sample(second_fn, x_n, self.schedule, t_start=resample_step, steps=n_steps,
+                       generator=generator,
+                       callback=on_step if (pending or callback is not None) else None)
+            if x_pet is not None:
+                x = bound_to_detail(x, x_pet, anatomy_sigma_px)  # type: ignore[arg-type]
+            clock.lap(f"{second}_s")
             return x
-        # eps of the resampling step, drawn as resample() would draw it
-        eps_n = randn_like(x, generator) if noise is None else noise[1].to(x).expand_as(x)
-        x_n = resample(x, resample_step, self.schedule, noise=eps_n)
-        # The progressive estimates come from the SD2 whose trajectory gives the output, or,
-        # with the anatomy bound, from the PET-only SD2 (trained with the anchors).
-        anchor_fn = pet_only_fn if bounded else second_fn
-        pending = sorted(anchor_steps)
-        for t_k in [t_k for t_k in pending if t_k >= resample_step]:
-            # MAP-Diff anchor at or above N: SD1's output re-noised to t_k (same eps)
-            anchor_images[t_k] = _at(anchor_fn, self.schedule.q_sample(x, t_k, eps_n), t_k)
-        pending = [t_k for t_k in pending if t_k < resample_step]
 
-        def anchors(info: SamplerStep) -> None:
-            for t_k in [t_k for t_k in pending if info.t >= t_k > info.t_next]:
-                if t_k == info.t:
-                    anchor_images[t_k] = info.x0_pred
-                    continue
-                # DDIM move from x_t to x_{t_k} (Song et al. Eq. 12, eta = 0), then x0_hat
-                eps_hat = self.schedule.predict_eps_from_x0(info.x_t, info.t, info.x0_pred)
-                x_k = self.schedule.q_sample(info.x0_pred, t_k, eps_hat)
-                anchor_images[t_k] = _at(anchor_fn, x_k, t_k)
+        x = trajectory(x_cond, features, noise, anatomy, anchor_images)
+        if not mirror:
+            return x
 
-        def on_step(info: SamplerStep) -> None:
-            if not bounded:
-                anchors(info)
-            if callback is not None:
-                callback(second, info)
+        def flip(t: torch.Tensor) -> torch.Tensor:
+            return t.flip(-1)  # left-right: columns reversed
 
-        n_steps = min(sd2_steps, resample_step)
-        x_pet = None
-        if bounded:
-            # The PET-only SD2 from the same x_N; DDPM's draws repeated for the guided pass.
-            state = None if generator is None else generator.get_state()
-            x_pet = sample(pet_only_fn, x_n, self.schedule, t_start=resample_step,
-                           steps=n_steps, generator=generator,
-                           callback=anchors if pending else None)
-            if state is not None:
-                generator.set_state(state)
-        x = sample(second_fn, x_n, self.schedule, t_start=resample_step, steps=n_steps,
-                   generator=generator,
-                   callback=on_step if (pending or callback is not None) else None)
-        if x_pet is not None:
-            x = bound_to_detail(x, x_pet, anatomy_sigma_px)  # type: ignore[arg-type]
-        clock.lap(f"{second}_s")
-        return x
+        # The mirrored pass: mirrored planes, noise and anatomy; the features and tokens
+        # computed above, the image-space features mirrored with the planes.
+        mirrored_anchors: dict[int, torch.Tensor] | None = (
+            None if anchor_images is None else {})
+        x_m = trajectory(flip(x_cond), None if features is None else [flip(f) for f in features],
+                         None if noise is None else (flip(noise[0]), flip(noise[1])),
+                         None if anatomy is None else flip(anatomy), mirrored_anchors)
+        for t_k, image in (mirrored_anchors or {}).items():
+            anchor_images[t_k] = (anchor_images[t_k] + flip(image)) / 2  # type: ignore[index]
+        return (x + flip(x_m)) / 2
 
 
 def native_bf16(device: torch.device) -> bool:

@@ -278,44 +278,50 @@ def test_native_bf16_cpu_follows_bf16_instructions(monkeypatch: pytest.MonkeyPat
     assert out.dtype == (torch.bfloat16 if native else torch.float32)
 
 
-def test_cascade_mirror_is_equivariant_to_mirroring_the_input(runs: Path) -> None:
-    # Projected sinogram: the mirrored input's two passes are the input's two passes swapped,
-    # so mirroring the input (and the noise) mirrors the output exactly.
+@pytest.mark.parametrize("measured", [True, False])
+def test_cascade_mirror_is_a_pass_on_mirrored_planes_with_mirrored_features(
+        runs: Path, monkeypatch: pytest.MonkeyPatch, measured: bool) -> None:
+    # The second pass is SD1 -> SD2 on the mirrored planes and noise, with the sinogram
+    # branch's features of the (measured or projected) sinogram computed once and mirrored:
+    # equal to the plain cascade on the mirrored planes with the unmirrored planes' sinogram
+    # and a branch that mirrors its own output. The progressive estimates are averaged alike.
     cascade = Cascade.load(runs / "weights", CPU)
-    low = torch.from_numpy(neighbour_stack(torch.rand(2, 32, 32).numpy(), cascade.neighbours))
+    c = cascade.neighbours
+    low = torch.from_numpy(neighbour_stack(torch.rand(2, 32, 32).numpy(), c))
+    sino = project_image(torch.rand(2, 1, 32, 32)) if measured else None
     noise = (torch.randn(1, 1, 32, 32), torch.randn(1, 1, 32, 32))
-    kwargs = {"steps": 2, "sd2_steps": 2, "resample_step": 50, "mirror": True}
+    kwargs = {"steps": 2, "sd2_steps": 2, "resample_step": 50, "anchor_steps": [18, 70]}
     anchors: dict[int, torch.Tensor] = {}
-    anchors_m: dict[int, torch.Tensor] = {}
-    out = cascade.restore(low, None, "PET FDG.", noise=noise, **kwargs, anchor_steps=[18],
-                          anchor_images=anchors)
-    out_m = cascade.restore(low.flip(-1), None, "PET FDG.", noise=(noise[0].flip(-1),
-                            noise[1].flip(-1)), **kwargs, anchor_steps=[18],
-                            anchor_images=anchors_m)
-    torch.testing.assert_close(out.flip(-1), out_m)
-    torch.testing.assert_close(anchors[18].flip(-1), anchors_m[18])  # progressive too
-    plain = cascade.restore(low, None, "PET FDG.", noise=noise, **(kwargs | {"mirror": False}))
-    assert not torch.allclose(out, plain)
-
-
-def test_cascade_mirror_mirrors_measured_sinogram_features(runs: Path,
-                                                           monkeypatch: pytest.MonkeyPatch
-                                                           ) -> None:
-    # With a measured sinogram the second pass is the mirrored planes with the sinogram
-    # branch's features mirrored: equal to running the plain cascade on the mirrored planes
-    # with a branch that mirrors its own output.
-    cascade = Cascade.load(runs / "weights", CPU)
-    low = torch.from_numpy(neighbour_stack(torch.rand(2, 32, 32).numpy(), cascade.neighbours))
-    sino = project_image(torch.rand(2, 1, 32, 32))
-    noise = (torch.randn(1, 1, 32, 32), torch.randn(1, 1, 32, 32))
-    kwargs = {"steps": 2, "sd2_steps": 2, "resample_step": 50}
-    out = cascade.restore(low, sino, "PET FDG.", noise=noise, mirror=True, **kwargs)
-    first = cascade.restore(low, sino, "PET FDG.", noise=noise, **kwargs)
+    out = cascade.restore(low, sino, "PET FDG.", noise=noise, mirror=True,
+                          anchor_images=anchors, **kwargs)
+    first_anchors: dict[int, torch.Tensor] = {}
+    first = cascade.restore(low, sino, "PET FDG.", noise=noise, anchor_images=first_anchors,
+                            **kwargs)
+    assert not torch.allclose(out, first)
     branch = cascade.branch
     monkeypatch.setattr(cascade, "branch", lambda s: [f.flip(-1) for f in branch(s)])
-    second = cascade.restore(low.flip(-1), sino, "PET FDG.", noise=(noise[0].flip(-1),
-                             noise[1].flip(-1)), **kwargs)
+    second_anchors: dict[int, torch.Tensor] = {}
+    second = cascade.restore(
+        low.flip(-1), project_image(low[:, c : c + 1]) if sino is None else sino, "PET FDG.",
+        noise=(noise[0].flip(-1), noise[1].flip(-1)), anchor_images=second_anchors, **kwargs)
     torch.testing.assert_close(out, (first + second.flip(-1)) / 2)
+    for t_k in (18, 70):
+        torch.testing.assert_close(
+            anchors[t_k], (first_anchors[t_k] + second_anchors[t_k].flip(-1)) / 2)
+
+
+def test_cascade_mirror_runs_the_sinogram_branch_and_encoder_once(runs: Path) -> None:
+    cascade = Cascade.load(runs / "weights", CPU)
+    low = torch.from_numpy(neighbour_stack(torch.rand(2, 32, 32).numpy(), cascade.neighbours))
+    calls: list[str] = []
+    cascade.branch.register_forward_hook(lambda *_: calls.append("branch"))
+    cascade.encoder.text.register_forward_hook(lambda *_: calls.append("text"))
+    stages: list[str] = []
+    cascade.restore(low, None, "PET FDG.", steps=2, sd2_steps=2, resample_step=50,
+                    mirror=True, callback=lambda stage, _: stages.append(stage),
+                    generator=torch.Generator().manual_seed(0))
+    assert calls == ["branch", "text"]
+    assert stages == ["sd1", "sd1", "sd2", "sd2"] * 2
 
 
 def test_cascade_sd2_first_swaps_stage_order(runs: Path) -> None:
