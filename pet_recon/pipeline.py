@@ -141,7 +141,10 @@ class CascadeOptions:
     preserve_mean : bool
         Scale the restored volume so that its mean inside the body equals the low-dose
         input's: the mean over a whole body is measured with almost no noise even at low
-        dose, so the restoration must not change it (the factor is reported).
+        dose, so the restoration must not change it (the factor is reported). The body is
+        the mask (:func:`pet_recon.metrics.body_mask`) of the restored volume, not of the
+        input: at low counts the input's mask is selected by the input's own noise, which
+        biases its mean high (``docs/benchmark.md``, "Mean-preserving rescale").
     progressive : bool
         MAP-Diff progressive output: also restore, for every dose anchor ``k`` of the SD2
         weights between full dose and the input's dose (``1 < k < DRF``), SD2's estimate at
@@ -445,10 +448,12 @@ def _restore_mig_dm(volume_suv: np.ndarray, meta: SeriesMeta, opts: CascadeOptio
     t0 = time.perf_counter()
     back = resample_volume(out, grid, meta.geometry)
     timings["resample_back_s"] = time.perf_counter() - t0
-    # The mean-preserving rescale is on the input grid, where the report measures the mean.
-    body = body_mask(volume_suv, meta.geometry.spacing)
+    # The mean-preserving rescale is on the input grid, where the report measures the mean,
+    # inside the body mask of the restored volume: at low counts a mask drawn on the input is
+    # selected by the input's own noise, and its mean there is biased high.
+    body = body_mask(back, meta.geometry.spacing)
     rescale = _body_rescale(back, volume_suv, body) if opts.preserve_mean else 1.0
-    if opts.preserve_mean and body.any() and rescale == 1.0 and float(back[body].mean()) <= 0:
+    if opts.preserve_mean and (not body.any() or float(back[body].mean()) <= 0):
         warn(warnings, f"{path}: the restored mean over the body is not positive, so the "
                        "output could not be rescaled to the input's mean SUV; check the "
                        "weights", log)
@@ -541,7 +546,7 @@ def _versions() -> dict[str, str]:
 
 
 def _suv_stats(volume: np.ndarray, factors: np.ndarray, body: np.ndarray) -> dict[str, float]:
-    """SUV max of the volume and mean SUV inside the body mask (of the input)."""
+    """SUV max of the volume and mean SUV inside the body mask (of the output)."""
     suv = volume * factors[:, None, None]
     return {"suv_max": float(suv.max()),
             "suv_mean_body": float(suv[body].mean()) if body.any() else float("nan")}
@@ -692,7 +697,7 @@ def reconstruct(
             volume, restored, p, suv_factor=first, spacing=meta.geometry.spacing,
             units=meta.units))
 
-    body = body_mask(volume, meta.geometry.spacing)
+    body = body_mask(restored, meta.geometry.spacing)  # the mask the rescale used
     report: dict[str, object] = {
         "versions": _versions(),
         "method": method,

@@ -487,6 +487,34 @@ def test_reconstruct_mig_dm_warns_when_mean_cannot_be_kept(
     assert "no sinogram given" in caplog.text
 
 
+def test_reconstruct_mig_dm_rescale_is_not_biased_by_the_inputs_noise(
+        runs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """At very low counts the input's own body mask is selected by its noise (the input's
+    mean there is far above its mean over the real body). The rescale uses the restored
+    volume's mask instead: a restoration that returns the full-dose image, at any scale,
+    keeps the input's mean over the full-dose image's body."""
+    from pet_recon.io.series import read_series
+    from pet_recon.metrics import body_mask
+    from pet_recon.physics.simulate import simulate_case, write_case
+    from pet_recon.pipeline import CascadeOptions, reconstruct
+
+    case = simulate_case("nema", 3, matrix=32, slices=3, drfs=(100,), device=CPU)
+    write_case(case, tmp_path / "case")
+    full = np.asarray(case.images[1], dtype=np.float32)
+    monkeypatch.setattr(Cascade, "restore", lambda self, low, *args, **kwargs:
+                        torch.from_numpy(0.3 * full[:, None]))  # the 32 x 32 model grid
+    options = CascadeOptions(drf=100, weights=runs / "weights", device="cpu", batch_size=8)
+    report = reconstruct(tmp_path / "case" / "ld_drf100", tmp_path / "out", method="mig-dm",
+                         cascade=options, progress=False)
+    low, meta = read_series(tmp_path / "case" / "ld_drf100")
+    out, _ = read_series(tmp_path / "out")
+    body, body_low = body_mask(full, meta.geometry.spacing), body_mask(low, meta.geometry.spacing)
+    assert low[body_low].mean() / low[body].mean() > 1.2  # the input's mask is biased
+    assert out[body].mean() / low[body].mean() == pytest.approx(1.0, abs=0.01)
+    assert report["output"]["suv"]["suv_mean_body"] == pytest.approx(
+        report["input"]["suv"]["suv_mean_body"], rel=1e-3)  # over the mask the rescale used
+
+
 def test_cascade_anchor_estimates_leave_main_output_unchanged(runs: Path) -> None:
     """Progressive output: one SD2 estimate per anchor step, below and above N; an anchor on
     the sampler's grid is the sampler's own x0_hat there; the main output does not move."""
