@@ -514,7 +514,7 @@ def _methods(case: _Case, drf: int, tuned: dict[str, float], unet: _UNetBaseline
         progressive = (anchors and progressive_weights is not None
                        and opts.weights == progressive_weights)
         return _restore_mig_dm(ld, meta, replace(opts, progressive=progressive), [],
-                               _NullBar(), case.sinos[drf])
+                               _NullBar(), case.sinos[drf])[:3]
 
     runs: dict[str, Callable[[], tuple[np.ndarray, dict[str, Any], list[AnchorVolume]]]] = {
         "low dose": lambda: (ld, {}, []),
@@ -581,9 +581,9 @@ def _ablations(tests: list[_Case], opts: BenchOptions, cascade_opts: CascadeOpti
             if changes.get("prompt") == "shuffled":
                 changes["prompt"] = shuffled
             t0 = time.perf_counter()
-            volume, _, _ = _restore_mig_dm(case.suv(k), case.metas[k],
-                                           replace(base, **changes), [], _NullBar(),
-                                           case.sinos[k])
+            volume, *_ = _restore_mig_dm(case.suv(k), case.metas[k],
+                                         replace(base, **changes), [], _NullBar(),
+                                         case.sinos[k])
             rows.setdefault(name, []).append({**score(volume, case, k),
                                               "seconds": time.perf_counter() - t0,
                                               "seed": case.sim.seed})

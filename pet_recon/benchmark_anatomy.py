@@ -321,7 +321,7 @@ def _restore(study: _Study, drf: int, cascade_opts: CascadeOptions,
         opts = replace(base, anatomy=None if variant is None else study.series[variant],
                        seed=base.seed + seed_offset)
         t0 = time.perf_counter()
-        volume, details, _ = _restore_mig_dm(case.suv(drf), case.metas[drf], opts, [],
+        volume, details, *_ = _restore_mig_dm(case.suv(drf), case.metas[drf], opts, [],
                                              _NullBar(), case.sinos[drf])
         outputs[name] = (volume, time.perf_counter() - t0, details)
     return outputs

@@ -363,9 +363,10 @@ def _body_rescale(restored: np.ndarray, reference: np.ndarray, body: np.ndarray)
 
 def _restore_mig_dm(volume_suv: np.ndarray, meta: SeriesMeta, opts: CascadeOptions,
                     warnings: list[str], bar: tqdm, path: Path
-                    ) -> tuple[np.ndarray, dict[str, object], list[AnchorVolume]]:
+                    ) -> tuple[np.ndarray, dict[str, object], list[AnchorVolume], np.ndarray]:
     """Run the cascade on a volume in SUV (or any linear unit); returns the same unit,
-    the report's details and the progressive outputs (empty unless ``opts.progressive``)."""
+    the report's details, the progressive outputs (empty unless ``opts.progressive``) and
+    the body mask of the mean-preserving rescale (of the restored volume, input grid)."""
     import torch
 
     from pet_recon.cascade import Cascade, native_bf16, neighbour_stack
@@ -487,7 +488,7 @@ def _restore_mig_dm(volume_suv: np.ndarray, meta: SeriesMeta, opts: CascadeOptio
     if opts.progressive:
         info["progressive"] = {"anchors": {str(k): t for k, t in sorted(cascade.anchors.items())},
                                "written": {str(k): t for k, t in levels.items()}}
-    return back, info, anchors
+    return back, info, anchors, body
 
 
 METHODS = ("mig-dm", "gaussian")
@@ -654,6 +655,7 @@ def reconstruct(
     n_slices = meta.geometry.shape[0]
     details: dict[str, object] = {}
     anchors: list[AnchorVolume] = []
+    body: np.ndarray | None = None  # the mig-dm rescale's; else the output's, below
     passes = cascade.samples if method == "mig-dm" else 1
     with tqdm(total=n_slices * passes + 1, desc="petrecon", unit="slice",
               disable=not progress) as bar:
@@ -664,8 +666,8 @@ def reconstruct(
             bar.update(n_slices)
         else:  # mig-dm updates the bar once per slice and sample
             per_slice = factors[:, None, None] if factors is not None else 1.0
-            restored_suv, details, anchors = _restore_mig_dm(volume * per_slice, meta, cascade,
-                                                             warnings, bar, in_path)
+            restored_suv, details, anchors, body = _restore_mig_dm(
+                volume * per_slice, meta, cascade, warnings, bar, in_path)
             restored = (restored_suv / per_slice).astype(np.float32)
             for anchor in anchors:
                 anchor.volume = (anchor.volume / per_slice).astype(np.float32)
@@ -697,7 +699,8 @@ def reconstruct(
             volume, restored, p, suv_factor=first, spacing=meta.geometry.spacing,
             units=meta.units))
 
-    body = body_mask(restored, meta.geometry.spacing)  # the mask the rescale used
+    if body is None:
+        body = body_mask(restored, meta.geometry.spacing)
     report: dict[str, object] = {
         "versions": _versions(),
         "method": method,
