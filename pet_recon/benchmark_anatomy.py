@@ -322,7 +322,7 @@ def _restore(study: _Study, drf: int, cascade_opts: CascadeOptions,
                        seed=base.seed + seed_offset)
         t0 = time.perf_counter()
         volume, details, *_ = _restore_mig_dm(case.suv(drf), case.metas[drf], opts, [],
-                                             _NullBar(), case.sinos[drf])
+                                              _NullBar(), case.sinos[drf])
         outputs[name] = (volume, time.perf_counter() - t0, details)
     return outputs
 
