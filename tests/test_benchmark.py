@@ -15,9 +15,11 @@ from pet_recon.benchmark import (
     FWHM_GRID_MM,
     NOISE_FREE,
     BenchOptions,
+    _make_case,
     matmul_rate,
     nl_means,
     run_benchmark,
+    score,
 )
 from pet_recon.cascade import Cascade
 from pet_recon.errors import PetReconError
@@ -63,6 +65,10 @@ def test_run_benchmark_tiny_writes_table_json_and_figures(runs: Path, tmp_path: 
     nema = saved["cases"]["nema"]["20"]["MiG-DM cascade"][0]
     assert {d["label"] for d in nema["lesions"]} == set(range(100, 106))
     assert "NEMA IEC phantom" in result["table"]
+    # the noise-free row scored against itself
+    nema_free = saved["cases"]["nema"]["20"][NOISE_FREE][0]
+    assert nema_free["lesion_suvmax_bias_noise_free"] == pytest.approx(0.0, abs=1e-6)
+    assert "| lesion SUVmax bias vs noise-free |" in result["table"]
     for name in ("images_body.png", "drf_curves.png"):
         assert (out / name).stat().st_size > 1000
     with pytest.raises(PetReconError, match="exists"):
@@ -108,3 +114,18 @@ def test_matmul_rate_counts_two_n_cubed_flops() -> None:
     for dtype in (torch.float32, torch.bfloat16):
         rate = matmul_rate(torch.device("cpu"), dtype, size=128, repeats=3)
         assert 1e6 < rate < 1e15
+
+
+def test_score_lesion_bias_against_noise_free_image_ties_both_references(tmp_path: Path) -> None:
+    case = _make_case("nema", 9, (20,), 4, torch.device("cpu"), tmp_path)
+    free, low = score(case.noise_free, case, 20), score(case.suv(20), case, 20)
+    assert {d["label"] for d in free["lesions"]} == set(range(100, 106))
+    assert all(d["suv_max_bias_noise_free"] == pytest.approx(0.0, abs=1e-6)
+               for d in free["lesions"])
+    # (1 + bias vs full dose) = (1 + bias vs noise-free) x (noise-free max / full-dose max)
+    for d, f in zip(low["lesions"], free["lesions"], strict=True):
+        assert 1 + d["suv_max_bias"] == pytest.approx(
+            (1 + d["suv_max_bias_noise_free"]) * (1 + f["suv_max_bias"]), rel=1e-5)
+    assert low["lesion_suvmax_bias_noise_free"] == pytest.approx(
+        np.mean([d["suv_max_bias_noise_free"] for d in low["lesions"]]))
+    assert low["lesion_suvmax_bias_noise_free"] != pytest.approx(low["lesion_suvmax_bias"])
