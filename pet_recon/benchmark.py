@@ -248,6 +248,7 @@ def score(pred: np.ndarray, case: _Case, drf: int) -> dict[str, Any]:
          "suv_peak_bias": pred_stats[k]["suv_peak"] / ref_stats[k]["suv_peak"] - 1,
          "suv_max_bias_noise_free": pred_stats[k]["suv_max"] / nf_stats[k]["suv_max"] - 1}
         for k in ref_stats]
+
     def mean(key: str) -> float:
         return float(np.mean([d[key] for d in lesions])) if lesions else float("nan")
 
