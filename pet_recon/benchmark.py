@@ -52,6 +52,7 @@ from pet_recon.metrics import (
     psnr,
     psnr_udpet,
     ssim,
+    voi_bias,
     voi_stats,
     z_consistency,
 )
@@ -238,16 +239,15 @@ def score(pred: np.ndarray, case: _Case, drf: int) -> dict[str, Any]:
     the noise-free full-dose image (``case.noise_free``), whose lesion maxima the reference's
     own noise does not move."""
     fd, ld, mask = case.suv(1), case.suv(drf), case.body
-    ref_stats = case.reference_stats
-    nf_stats = case.noise_free_stats if ref_stats else {}
     pred_stats = voi_stats(pred, case.lesions, case.spacing)
+    vs_full = voi_bias(pred_stats, case.reference_stats)
+    vs_free = voi_bias(pred_stats, case.noise_free_stats) if vs_full else {}
     info = {d["label"]: d for d in case.sim.phantom.info.get("lesions", [])}
     lesions = [
         {"label": int(k), "diameter_mm": info.get(k, {}).get("diameter_mm"),
-         "suv_max_bias": pred_stats[k]["suv_max"] / ref_stats[k]["suv_max"] - 1,
-         "suv_peak_bias": pred_stats[k]["suv_peak"] / ref_stats[k]["suv_peak"] - 1,
-         "suv_max_bias_noise_free": pred_stats[k]["suv_max"] / nf_stats[k]["suv_max"] - 1}
-        for k in ref_stats]
+         "suv_max_bias": bias["suv_max"], "suv_peak_bias": bias["suv_peak"],
+         "suv_max_bias_noise_free": vs_free[k]["suv_max"]}
+        for k, bias in vs_full.items()]
 
     def mean(key: str) -> float:
         return float(np.mean([d[key] for d in lesions])) if lesions else float("nan")
