@@ -56,6 +56,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.nn import functional as F
 
 from pet_recon.cascade import ANATOMY_BRANCH_FILES, ANATOMY_FILES
 from pet_recon.dataset import (
@@ -550,8 +551,8 @@ class _PromptVolumes:
 
 @torch.no_grad()
 def retrieval_on_split(model: MetaEncoder, tokenizer: Tokenizer, data: Path,
-                       device: torch.device, batches: int = 8, batch_size: int = 32
-                       ) -> dict[str, float]:
+                       device: torch.device, batches: int = 8, batch_size: int = 32,
+                       volume: bool = False) -> dict[str, float]:
     """Top-1 prompt-to-image retrieval on held-out batches of 32 distinct prompts.
 
     The first 32 distinct prompts of ``data``'s validation split (every case at every dose
@@ -573,13 +574,16 @@ def retrieval_on_split(model: MetaEncoder, tokenizer: Tokenizer, data: Path,
         Where the model runs.
     batches, batch_size : int
         Number of batches and prompts per batch.
+    volume : bool
+        Also ``retrieval_top1_volume``: each prompt against the mean of its volume's
+        L2-normalised slice embeddings (every slice, the same prompts), one retrieval.
 
     Returns
     -------
     dict
         ``retrieval_top1`` (fraction, mean over the batches), ``batches``, ``batch_size``,
-        ``chance``; NaN and ``distinct_prompts`` when the split has fewer distinct prompts
-        than ``batch_size``.
+        ``chance`` (and ``retrieval_top1_volume``); NaN and ``distinct_prompts`` when the
+        split has fewer distinct prompts than ``batch_size``.
     """
     model.eval()
     pairs = _PromptVolumes.read(data, "val")
@@ -597,8 +601,18 @@ def retrieval_on_split(model: MetaEncoder, tokenizer: Tokenizer, data: Path,
         text_emb, image_emb = model(ids, numeric, mask, images.to(device),
                                     scalars.to(device))
         scores.append(retrieval_top1(text_emb.float(), image_emb.float()))
-    return {"retrieval_top1": float(np.mean(scores)), "batches": batches,
-            "batch_size": batch_size, "chance": 1.0 / batch_size}
+    result = {"retrieval_top1": float(np.mean(scores)), "batches": batches,
+              "batch_size": batch_size, "chance": 1.0 / batch_size}
+    if volume:
+        planes = min(pairs.volumes[i].shape[0] for i in indices)
+        mean_emb = 0.0
+        for p in range(planes):
+            images, scalars = pairs.inputs(indices, [p] * len(indices))
+            text_emb, image_emb = model(ids, numeric, mask, images.to(device),
+                                        scalars.to(device))
+            mean_emb = mean_emb + F.normalize(image_emb.float(), dim=-1) / planes
+        result["retrieval_top1_volume"] = retrieval_top1(text_emb.float(), mean_emb)
+    return result
 
 
 def _train_srm(opts: TrainOptions) -> dict[str, Any]:

@@ -238,6 +238,9 @@ def test_retrieval_on_split_known_answers(runs: Path) -> None:
                                     batch_size=4)
         assert result == {"retrieval_top1": expected, "batches": 2, "batch_size": 4,
                           "chance": 0.25}
+        volume = retrieval_on_split(_Oracle(shift), tokenizer, runs / "data", CPU, batches=2,
+                                    batch_size=4, volume=True)
+        assert volume == {**result, "retrieval_top1_volume": expected}
     too_few = retrieval_on_split(_Oracle(0), tokenizer, runs / "data", CPU, batch_size=32)
     assert too_few["batches"] == 0 and np.isnan(too_few["retrieval_top1"])
 
