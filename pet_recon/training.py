@@ -88,6 +88,7 @@ from pet_recon.meta.encoder import (
     save_meta_encoder,
 )
 from pet_recon.meta.tokenizer import Tokenizer
+from pet_recon.metrics import body_mask, noise_sigma
 from pet_recon.models.anatomy import (
     CT_OFFSET_HU,
     CT_RANGE,
@@ -435,9 +436,10 @@ def load_srm(path: Path, device: torch.device, expected_sha256: str | None = Non
 
 
 #: The image tower trained by ``mi-encoder``: the slice and its neighbours, the reference
-#: concentration as a scalar (:func:`~pet_recon.meta.encoder.image_inputs`), a narrow CNN
-#: (a wider one memorises the 64 training phantoms) and an MLP head.
-MI_IMAGE_TOWER = {"in_channels": 2 * NEIGHBOURS + 1, "image_width": 16, "image_scalars": 1,
+#: concentration and the volume's relative noise as scalars
+#: (:func:`~pet_recon.meta.encoder.image_inputs`), a narrow CNN (a wider one memorises the
+#: 64 training phantoms) and an MLP head.
+MI_IMAGE_TOWER = {"in_channels": 2 * NEIGHBOURS + 1, "image_width": 16, "image_scalars": 2,
                   "image_head_hidden": 256}
 
 
@@ -464,7 +466,8 @@ def _train_mi_encoder(opts: TrainOptions) -> dict[str, Any]:
     run = _Run("mi-encoder", model, opts)
     rng = random.Random(opts.seed * 1_000_003 + run.start)
     for step in range(run.start, opts.steps):
-        prompts, images, scalars = pairs.batch(rng, opts.batch_size, augment=True)
+        prompts, images, scalars = pairs.batch(rng, opts.batch_size, augment=True,
+                                               scalars=model.image.scalars)
         ids, numeric, mask = (t.to(opts.device) for t in tokenizer.encode_batch(prompts))
         with _autocast(opts.device, opts.bf16):
             text_emb, image_emb = run.module(ids, numeric, mask, images.to(opts.device),
@@ -481,14 +484,16 @@ class _PromptVolumes:
     """Every (prompt, low-dose volume) pair of a split, in memory (float16).
 
     ``volumes[i]`` is the ``(slices, ny, nx)`` SUV volume of prompt ``prompts[i]`` (one
-    case at one dose level), ``refs[i]`` its reference value (SUV) and ``bqml_per_suv[i]``
-    its Bq/ml per SUV.
+    case at one dose level), ``refs[i]`` its reference value (SUV), ``bqml_per_suv[i]``
+    its Bq/ml per SUV and ``noises[i]`` its noise SD inside the body
+    (:func:`~pet_recon.metrics.noise_sigma`, SUV).
     """
 
     prompts: list[str]
     volumes: list[torch.Tensor]
     refs: list[float]
     bqml_per_suv: list[float]
+    noises: list[float]
 
     @classmethod
     def read(cls, root: Path, split: str) -> _PromptVolumes:
@@ -496,17 +501,20 @@ class _PromptVolumes:
         files = [f for f in files if not f.name.startswith(".")]
         if not files:
             raise PetReconError(f"{Path(root) / split}: no shards")
-        pairs = cls([], [], [], [])
+        pairs = cls([], [], [], [], [])
         for path in files:
             record = read_record(path)
             spacing = (record["pixel_mm"], record["pixel_mm"], record["plane_mm"])
             with safe_open(str(path), framework="pt") as f:
                 for k in record["drfs"]:
                     volume = f.get_tensor(f"ld_drf{k}")
+                    array = volume.float().numpy()
                     pairs.prompts.append(record["levels"][str(k)]["prompt"])
                     pairs.volumes.append(volume.half())
-                    pairs.refs.append(reference_value(volume.float().numpy(), spacing))
+                    pairs.refs.append(reference_value(array, spacing))
                     pairs.bqml_per_suv.append(1.0 / record["suv_factor"][str(k)])
+                    mask = body_mask(array, spacing)
+                    pairs.noises.append(noise_sigma(array, mask) if mask.any() else 1.0)
         return pairs
 
     @functools.cached_property
@@ -517,11 +525,12 @@ class _PromptVolumes:
             first.setdefault(prompt, i)
         return list(first.values())
 
-    def inputs(self, indices: list[int], planes: list[int],
-               rng: random.Random | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def inputs(self, indices: list[int], planes: list[int], rng: random.Random | None = None,
+               scalars: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
         """Image tower inputs of slice ``planes[j]`` (with its neighbours) of volume
         ``indices[j]``; with ``rng``, each slice randomly flipped and turned by 90 degree
-        steps (the prompt does not depend on orientation)."""
+        steps (the prompt does not depend on orientation). ``scalars``: 1 (the reference
+        concentration, the towers trained before the noise scalar) or 2 (and the noise)."""
         stacks = []
         for i, p in zip(indices, planes, strict=True):
             last = self.volumes[i].shape[0] - 1
@@ -532,10 +541,11 @@ class _PromptVolumes:
                     stack = stack.flip(-1)
                 stack = torch.rot90(stack, rng.randrange(4), (-2, -1))
             stacks.append(stack)
+        noise = torch.tensor([self.noises[i] for i in indices]) if scalars == 2 else None
         return image_inputs(torch.stack(stacks), torch.tensor([self.refs[i] for i in indices]),
-                            torch.tensor([self.bqml_per_suv[i] for i in indices]))
+                            torch.tensor([self.bqml_per_suv[i] for i in indices]), noise)
 
-    def batch(self, rng: random.Random, size: int, augment: bool
+    def batch(self, rng: random.Random, size: int, augment: bool, scalars: int = 2
               ) -> tuple[list[str], torch.Tensor, torch.Tensor]:
         """``size`` random pairs with different prompts (contrastive pairs must be unique),
         one random slice each."""
@@ -545,8 +555,8 @@ class _PromptVolumes:
                                 f"than the batch size {size}; lower --batch-size")
         indices = rng.sample(distinct, size)
         planes = [rng.randrange(self.volumes[i].shape[0]) for i in indices]
-        images, scalars = self.inputs(indices, planes, rng if augment else None)
-        return [self.prompts[i] for i in indices], images, scalars
+        images, values = self.inputs(indices, planes, rng if augment else None, scalars)
+        return [self.prompts[i] for i in indices], images, values
 
 
 @torch.no_grad()
@@ -586,6 +596,7 @@ def retrieval_on_split(model: MetaEncoder, tokenizer: Tokenizer, data: Path,
         split has fewer distinct prompts than ``batch_size``.
     """
     model.eval()
+    scalars = model.image.scalars
     pairs = _PromptVolumes.read(data, "val")
     indices = pairs.distinct[:batch_size]
     if len(indices) < batch_size:
@@ -597,9 +608,9 @@ def retrieval_on_split(model: MetaEncoder, tokenizer: Tokenizer, data: Path,
     scores = []
     for _ in range(batches):
         planes = [rng.randrange(pairs.volumes[i].shape[0]) for i in indices]
-        images, scalars = pairs.inputs(indices, planes)
+        images, values = pairs.inputs(indices, planes, scalars=scalars)
         text_emb, image_emb = model(ids, numeric, mask, images.to(device),
-                                    scalars.to(device))
+                                    values.to(device))
         scores.append(retrieval_top1(text_emb.float(), image_emb.float()))
     result = {"retrieval_top1": float(np.mean(scores)), "batches": batches,
               "batch_size": batch_size, "chance": 1.0 / batch_size}
@@ -607,9 +618,9 @@ def retrieval_on_split(model: MetaEncoder, tokenizer: Tokenizer, data: Path,
         planes = min(pairs.volumes[i].shape[0] for i in indices)
         mean_emb = 0.0
         for p in range(planes):
-            images, scalars = pairs.inputs(indices, [p] * len(indices))
+            images, values = pairs.inputs(indices, [p] * len(indices), scalars=scalars)
             text_emb, image_emb = model(ids, numeric, mask, images.to(device),
-                                        scalars.to(device))
+                                        values.to(device))
             mean_emb = mean_emb + F.normalize(image_emb.float(), dim=-1) / planes
         result["retrieval_top1_volume"] = retrieval_top1(text_emb.float(), mean_emb)
     return result

@@ -94,6 +94,11 @@ def test_image_inputs_relative_image_and_log_concentration() -> None:
         planes[1, 2, 2:, 2:].mean().item() / 4.0)
     # ref 2 SUV x 5000 Bq/ml per SUV = 10 kBq/ml; 4 x 250 = 1 kBq/ml.
     torch.testing.assert_close(scalars, torch.tensor([[1.0], [0.0]]))
+    # With the volumes' noise SD (0.2 and 4 SUV): log10(noise / ref) = -1 and 0 appended.
+    same, both = image_inputs(planes, torch.tensor([2.0, 4.0]), torch.tensor([5000.0, 250.0]),
+                              torch.tensor([0.2, 4.0]))
+    torch.testing.assert_close(same, images)
+    torch.testing.assert_close(both, torch.tensor([[1.0, -1.0], [0.0, 0.0]]))
 
 
 def test_padding_does_not_change_outputs() -> None:

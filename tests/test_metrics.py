@@ -13,6 +13,7 @@ from pet_recon.metrics import (
     NemaSphere,
     coefficient_of_variation,
     nema_contrast_recovery,
+    noise_sigma,
     nrmse,
     psnr,
     psnr_udpet,
@@ -168,6 +169,27 @@ def test_nrmse_additive_constant_is_offset_over_reference_mean() -> None:
 def test_nrmse_zero_reference_mean_raises() -> None:
     with pytest.raises(ValueError, match="positive reference mean"):
         nrmse(np.ones((3, 3, 3)), np.zeros((3, 3, 3)))
+
+
+def test_noise_sigma_white_noise_on_structure_gives_its_sd() -> None:
+    rng = np.random.default_rng(0)
+    z, _, x = np.mgrid[:32, :48, :48]
+    volume = 2.0 + 0.05 * x + 0.02 * z + rng.normal(0.0, 0.3, (32, 48, 48))
+    volume[:, 10:20, 10:20] += 5.0  # an edge: a minority of voxels, ignored by the median
+    assert noise_sigma(volume, np.ones(volume.shape, bool)) == pytest.approx(0.3, rel=0.03)
+    # Twice the noise, twice the estimate; a linear volume has none.
+    doubled = 2.0 * (volume - 2.0 - 0.05 * x - 0.02 * z) + 0.05 * x
+    assert noise_sigma(doubled, np.ones(volume.shape, bool)) == pytest.approx(0.6, rel=0.03)
+    assert noise_sigma(0.05 * x + 0.02 * z, np.ones(volume.shape, bool)) == pytest.approx(
+        0.0, abs=1e-9)
+
+
+def test_noise_sigma_empty_mask_raises() -> None:
+    volume = np.ones((4, 4, 4))
+    with pytest.raises(ValueError, match="mask is empty"):
+        noise_sigma(volume, np.zeros(volume.shape, bool))
+    with pytest.raises(ValueError, match="shape"):
+        noise_sigma(volume, np.ones((4, 4, 3), bool))
 
 
 def test_coefficient_of_variation_constant_region_is_zero() -> None:

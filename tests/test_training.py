@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import types
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -17,7 +18,7 @@ import torch
 
 from pet_recon.cascade import Cascade, inference_autocast, native_bf16, neighbour_stack
 from pet_recon.errors import PetReconError
-from pet_recon.meta.encoder import load_meta_encoder
+from pet_recon.meta.encoder import MetaEncoder, load_meta_encoder
 from pet_recon.models.sinogram import project_image
 from pet_recon.training import TrainOptions, retrieval_on_split, train
 
@@ -76,7 +77,7 @@ def test_train_mi_encoder_lock_text_keeps_sd2_tokens(runs: Path, tmp_path: Path)
     ids, numeric, mask = tokenizer.encode_batch(["PET FDG, dose level 1/20 of full dose."])
     with torch.no_grad():
         assert torch.equal(base.text(ids, numeric, mask)[0], new.text(ids, numeric, mask)[0])
-    assert new.config["image_scalars"] == 1 and new.config["in_channels"] == 3
+    assert new.config["image_scalars"] == 2 and new.config["in_channels"] == 3
     with pytest.raises(PetReconError, match="--frozen"):
         train("mi-encoder", replace(opts, out=tmp_path / "again", frozen=None))
 
@@ -225,6 +226,7 @@ class _Oracle(torch.nn.Module):
     def __init__(self, shift: int) -> None:
         super().__init__()
         self.shift = shift
+        self.image = types.SimpleNamespace(scalars=2)  # the inputs it is given
 
     def forward(self, ids: torch.Tensor, *_: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         eye = torch.eye(ids.shape[0])
@@ -243,6 +245,17 @@ def test_retrieval_on_split_known_answers(runs: Path) -> None:
         assert volume == {**result, "retrieval_top1_volume": expected}
     too_few = retrieval_on_split(_Oracle(0), tokenizer, runs / "data", CPU, batch_size=32)
     assert too_few["batches"] == 0 and np.isnan(too_few["retrieval_top1"])
+
+
+def test_retrieval_on_split_takes_one_or_two_scalar_towers(runs: Path) -> None:
+    """Towers trained before the noise scalar (one scalar) are still measured."""
+    base, tokenizer = load_meta_encoder(runs / "weights" / "mi-encoder.safetensors")
+    assert base.image.scalars == 2
+    for scalars in (1, 2):
+        model = MetaEncoder(**{**base.config, "image_scalars": scalars})
+        result = retrieval_on_split(model, tokenizer, runs / "data", CPU, batches=1,
+                                    batch_size=4)
+        assert 0.0 <= result["retrieval_top1"] <= 1.0
 
 
 def test_train_command_lists_lr_frozen_and_lock_text() -> None:

@@ -325,17 +325,23 @@ class MetaEncoder(nn.Module):
 KBQ_PER_ML = 1000.0
 
 
-def image_inputs(planes: torch.Tensor, ref: torch.Tensor, bqml_per_suv: torch.Tensor
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The image tower's inputs for a batch of low-dose slices: relative image and level.
+def image_inputs(planes: torch.Tensor, ref: torch.Tensor, bqml_per_suv: torch.Tensor,
+                 noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The image tower's inputs for a batch of low-dose slices: relative image and levels.
 
     ``images = avg_pool_2x(planes / ref)`` (the slice's shape, relative to its volume's
-    reference value :func:`~pet_recon.models.intensity.reference_value`) and
-    ``scalars = log10(ref * bqml_per_suv / 1 kBq/ml)``: the reference concentration in the
-    units the scanner measures (Bq/ml, DICOM Units BQML), which depends on the injected
-    activity, weight, uptake time and dose level that the prompt states. The convolutional
-    features are blind to the image's overall scale (GroupNorm), so the level comes in as
-    a scalar; the noise the counts leave is in the relative image.
+    reference value :func:`~pet_recon.models.intensity.reference_value`) and the scalars:
+
+    1. ``log10(ref * bqml_per_suv / 1 kBq/ml)``: the reference concentration in the units
+       the scanner measures (Bq/ml, DICOM Units BQML), which depends on the injected
+       activity, weight, uptake time and dose level that the prompt states;
+    2. with ``noise``, ``log10(noise / ref)``: the volume's relative noise
+       (:func:`~pet_recon.metrics.noise_sigma`), set by the counts the scan collected
+       (activity, frame duration, scanner, body size, dose level), which the half-size image
+       shows only in part.
+
+    The convolutional features are blind to the image's overall scale (GroupNorm), so the
+    level comes in as a scalar.
 
     Parameters
     ----------
@@ -345,18 +351,22 @@ def image_inputs(planes: torch.Tensor, ref: torch.Tensor, bqml_per_suv: torch.Te
         ``(B,)`` float reference value of each slice's volume, SUV.
     bqml_per_suv : torch.Tensor
         ``(B,)`` float Bq/ml per SUV of each slice's volume (``1 / suv_factor``).
+    noise : torch.Tensor, optional
+        ``(B,)`` float noise SD of each slice's volume, SUV (positive).
 
     Returns
     -------
     images : torch.Tensor
         ``(B, C, H // 2, W // 2)`` float32.
     scalars : torch.Tensor
-        ``(B, 1)`` float32.
+        ``(B, 1)`` float32, or ``(B, 2)`` with ``noise``.
     """
     ref = ref.float()
     images = F.avg_pool2d(planes.float() / ref[:, None, None, None], 2)
-    scalars = torch.log10(ref * bqml_per_suv.float() / KBQ_PER_ML)[:, None]
-    return images, scalars
+    columns = [torch.log10(ref * bqml_per_suv.float() / KBQ_PER_ML)]
+    if noise is not None:
+        columns.append(torch.log10(noise.float() / ref))
+    return images, torch.stack(columns, dim=1)
 
 
 def clip_loss(text_emb: torch.Tensor, image_emb: torch.Tensor,
