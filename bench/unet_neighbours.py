@@ -14,14 +14,12 @@ noise-free full-dose image. docs/benchmark.md, "More planes of context", has the
 """
 
 import hashlib
-import random
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 import pet_recon.training as T
 from pet_recon import benchmark as B
@@ -29,7 +27,7 @@ from pet_recon.cascade import neighbour_stack
 from pet_recon.metrics import psnr, voi_stats
 from pet_recon.models.intensity import reference_value
 from pet_recon.models.unet import UNet
-from pet_recon.weights import load_model, save_model, weights_dir
+from pet_recon.weights import load_model, weights_dir
 
 CPU = torch.device("cpu")
 
@@ -50,19 +48,7 @@ def train(n: int, steps: int, data: Path, out: Path) -> None:
     model.load_state_dict(state)
     opts = T.TrainOptions(data=data, out=out, steps=steps, device=CPU, batch_size=8, bf16=False,
                           log_every=100, lr=1e-4, ema_decay=0.99)
-    rng = random.Random(opts.seed)
-    torch.manual_seed(opts.seed)
-    stream = T.SliceStream(data, "train", neighbours=n, seed=opts.seed)
-    batches = T._batches(stream, opts.batch_size)
-    run = T._Run("unet", model, opts)
-    for step in range(run.start, steps):  # the loop of pet_recon.training._train_unet
-        batch = next(batches)
-        ref = batch["ref"][:, None, None, None]
-        ld, fd = batch["ld"] / ref, batch["fd"] / ref
-        oy, ox = T._crop_offsets(ld.shape[-1], opts.patch, rng)
-        win = (slice(None), slice(None), slice(oy, oy + opts.patch), slice(ox, ox + opts.patch))
-        run.step(step, nn.functional.mse_loss(run.module(ld[win], None).float(), fd[win]))
-    save_model(run.ema.model, out / "unet.safetensors", extra={"neighbours": n})
+    print(T.fit_unet(model, n, opts))
 
 
 def evaluate(paths: list[Path]) -> None:

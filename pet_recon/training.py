@@ -511,9 +511,9 @@ class _PromptVolumes:
                     array = volume.float().numpy()
                     pairs.prompts.append(record["levels"][str(k)]["prompt"])
                     pairs.volumes.append(volume.half())
-                    pairs.refs.append(reference_value(array, spacing))
+                    mask = body_mask(array, spacing)  # once for both statistics
+                    pairs.refs.append(reference_value(array, spacing, mask))
                     pairs.bqml_per_suv.append(1.0 / record["suv_factor"][str(k)])
-                    mask = body_mask(array, spacing)
                     pairs.noises.append(noise_sigma(array, mask) if mask.any() else 1.0)
         return pairs
 
@@ -1076,11 +1076,28 @@ def _train_sd(stage: str, opts: TrainOptions) -> dict[str, Any]:
 
 
 def _train_unet(opts: TrainOptions) -> dict[str, Any]:
-    rng = random.Random(opts.seed)
     torch.manual_seed(opts.seed)
-    stream = SliceStream(opts.data, "train", neighbours=NEIGHBOURS, seed=opts.seed)
-    batches = _batches(stream, opts.batch_size)
     model = UNet(in_channels=1 + 2 * NEIGHBOURS, out_channels=1, time_embedding=False)
+    return fit_unet(model, NEIGHBOURS, opts)
+
+
+def fit_unet(model: UNet, neighbours: int, opts: TrainOptions) -> dict[str, Any]:
+    """Train a U-Net regression (no timestep) from low-dose planes to the full-dose slice.
+
+    The loop of ``petrecon train unet`` (MSE on ``opts.patch`` crops in the ``SUV / ref``
+    scale, AdamW, EMA, checkpoints), for any starting ``model`` whose input is the slice
+    with ``neighbours`` planes on either side (``1 + 2 * neighbours`` channels):
+    ``bench/unet_neighbours.py`` starts it from the shipped weights with more planes.
+
+    Returns
+    -------
+    dict
+        ``weights`` (``opts.out / "unet.safetensors"``, the EMA model, ``neighbours`` in its
+        metadata) and ``metrics`` (:func:`_validate_unet`).
+    """
+    rng = random.Random(opts.seed)
+    stream = SliceStream(opts.data, "train", neighbours=neighbours, seed=opts.seed)
+    batches = _batches(stream, opts.batch_size)
     run = _Run("unet", model, opts)
     for step in range(run.start, opts.steps):
         batch = next(batches)
@@ -1094,18 +1111,19 @@ def _train_unet(opts: TrainOptions) -> dict[str, Any]:
         loss = nn.functional.mse_loss(pred.float(), fd[window])
         run.step(step, loss)
     path = opts.out / "unet.safetensors"
-    save_model(run.ema.model, path, extra={"neighbours": NEIGHBOURS})
-    return {"weights": str(path), "metrics": _validate_unet(run.ema.model, opts)}
+    save_model(run.ema.model, path, extra={"neighbours": neighbours})
+    return {"weights": str(path), "metrics": _validate_unet(run.ema.model, neighbours, opts)}
 
 
 @torch.no_grad()
-def _validate_unet(model: nn.Module, opts: TrainOptions, slices: int = 32) -> dict[str, float]:
+def _validate_unet(model: nn.Module, neighbours: int, opts: TrainOptions, slices: int = 32
+                   ) -> dict[str, float]:
     """Median PSNR (dB, whole slice, range = full-dose max) of the low-dose input and the
     U-Net on ``slices`` validation slices (the slices :func:`validate_cascade` uses)."""
     from pet_recon.metrics import psnr
 
     model.eval()
-    stream = SliceStream(opts.data, "val", neighbours=NEIGHBOURS, seed=0, cases_in_flight=16)
+    stream = SliceStream(opts.data, "val", neighbours=neighbours, seed=0, cases_in_flight=16)
     items = [item for _, item in zip(range(slices), stream, strict=False)]
     low, out = [], []
     for item in items:
@@ -1113,7 +1131,7 @@ def _validate_unet(model: nn.Module, opts: TrainOptions, slices: int = 32) -> di
         with _autocast(opts.device, opts.bf16):
             pred = model(ld, None).float()[0, 0].cpu().numpy() * item["ref"]
         fd = item["fd"][0].numpy()
-        low.append(psnr(item["ld"][NEIGHBOURS].numpy(), fd))
+        low.append(psnr(item["ld"][neighbours].numpy(), fd))
         out.append(psnr(pred, fd))
     return {"psnr_db_low_dose": float(np.median(low)), "psnr_db_unet": float(np.median(out)),
             "val_slices": len(items)}

@@ -11,6 +11,7 @@ import SimpleITK as sitk
 from pet_recon.metrics import (
     SUV_PEAK_RADIUS_MM,
     NemaSphere,
+    body_mask,
     coefficient_of_variation,
     nema_contrast_recovery,
     noise_sigma,
@@ -414,3 +415,17 @@ def test_z_consistency_mask_limits_stencils() -> None:
     assert z_consistency(jumped, mask) == z_consistency(volume, mask)
     with pytest.raises(ValueError, match="at least 3"):
         z_consistency(volume[:2])
+
+
+def test_reference_value_given_mask_equals_computed_one() -> None:
+    from pet_recon.models.intensity import reference_value
+
+    volume = np.zeros((8, 32, 32))
+    volume[2:6, 8:24, 8:24] = 2.0
+    spacing = (2.0, 2.0, 3.0)
+    mask = body_mask(volume, spacing)
+    assert reference_value(volume, spacing, mask) == reference_value(volume, spacing)
+    assert reference_value(volume, spacing, mask) == pytest.approx(3.0 * volume[mask].mean())
+    # The caller's mask is used as given: a mask of the whole volume gives 3 x its mean.
+    whole = np.ones(volume.shape, bool)
+    assert reference_value(volume, spacing, whole) == pytest.approx(3.0 * volume.mean())

@@ -20,7 +20,8 @@ from pet_recon.metrics import body_mask
 REF_FACTOR = 3.0
 
 
-def reference_value(volume: np.ndarray, spacing: tuple[float, float, float]) -> float:
+def reference_value(volume: np.ndarray, spacing: tuple[float, float, float],
+                    mask: np.ndarray | None = None) -> float:
     """``ref`` of a volume (any linear unit: SUV, Bq/ml): 3 x its mean inside the body.
 
     Parameters
@@ -29,13 +30,17 @@ def reference_value(volume: np.ndarray, spacing: tuple[float, float, float]) -> 
         ``(slices, rows, columns)`` low-dose volume.
     spacing : tuple of float
         ``(x, y, z)`` spacing in mm.
+    mask : np.ndarray, optional
+        The volume's body mask when the caller has it already (``body_mask(volume,
+        spacing)``, computed otherwise).
 
     Returns
     -------
     float
         Positive reference; 1.0 for an empty volume.
     """
-    mask = body_mask(volume, spacing)
+    if mask is None:
+        mask = body_mask(volume, spacing)
     if not mask.any():
         return 1.0
     value = REF_FACTOR * float(volume[mask].mean())
