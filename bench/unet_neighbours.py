@@ -39,13 +39,8 @@ def load(path: Path) -> tuple[UNet, int]:
 
 
 def train(n: int, steps: int, data: Path, out: Path) -> None:
-    base, _ = load(weights_dir() / "unet.safetensors")
-    model = UNet(**{**base.config, "in_channels": 2 * n + 1})
-    state = base.state_dict()
-    wide = torch.zeros(model.conv_in.weight.shape)
-    wide[:, n - 1:n + 2] = state["conv_in.weight"]  # the shipped 3 planes in the middle
-    state["conv_in.weight"] = wide
-    model.load_state_dict(state)
+    model, trained = load(weights_dir() / "unet.safetensors")
+    T.widen_input_planes(model.train(), trained, n)  # the shipped planes in the middle
     opts = T.TrainOptions(data=data, out=out, steps=steps, device=CPU, batch_size=8, bf16=False,
                           log_every=100, lr=1e-4, ema_decay=0.99)
     print(T.fit_unet(model, n, opts))

@@ -82,7 +82,7 @@ class AnatomyGuidance:
     folder : Path
         The weights folder.
     neighbours : int
-        The cascade's neighbour planes (the branches must have been trained with them).
+        The neighbour planes on either side this U-Net and its branches were trained with.
     device : torch.device
     unet_sha256 : str
         SHA-256 of ``sd2-anatomy.safetensors``.
@@ -137,7 +137,8 @@ class AnatomyGuidance:
                                    device=self.device)
             if branch.config["neighbours"] != self.neighbours:
                 raise PetReconError(f"{path}: trained with {branch.config['neighbours']} "
-                                    f"neighbour planes, the cascade with {self.neighbours}")
+                                    f"neighbour planes, the anatomy-guided SD2 with "
+                                    f"{self.neighbours}")
             self.branches[modality] = (branch, sha256_file(path))  # type: ignore[assignment]
         return self.branches[modality][0]
 
@@ -159,9 +160,14 @@ class Cascade:
     encoder: MetaEncoder
     tokenizer: Tokenizer
     schedule: NoiseSchedule
+    #: Neighbour planes on either side of each slice that ``restore`` takes: the most any
+    #: of its networks sees (each is given its own, centred).
     neighbours: int
     device: torch.device
     hashes: dict[str, str] = field(default_factory=dict)
+    #: Neighbour planes SD1 and the PET-only SD2 were trained with (their weights' ``extra``).
+    sd1_neighbours: int = 1
+    sd2_neighbours: int = 1
     #: MAP-Diff dose anchors ``{k: t_k}`` SD2 was trained with (empty without the anchor loss).
     anchors: dict[int, int] = field(default_factory=dict)
     #: Largest timestep SD2 was trained on.
@@ -198,13 +204,15 @@ class Cascade:
         sd1, extra = load_model(paths["sd1"], registry=registry, device=device)
         sd2, sd2_extra = load_model(paths["sd2"], registry=registry, device=device)
         encoder, tokenizer = load_meta_encoder(paths["mi_encoder"], device=device)
+        anatomy = _load_anatomy(folder, registry, device)
+        planes = [int(extra["neighbours"]), int(sd2_extra["neighbours"])]
         return cls(srm=srm, branch=branch, sd1=sd1, sd2=sd2, encoder=encoder,  # type: ignore[arg-type]
                    tokenizer=tokenizer, schedule=NoiseSchedule.from_config(extra["schedule"]),
-                   neighbours=int(extra["neighbours"]), device=device,
-                   hashes={role: sha256_file(p) for role, p in paths.items()},
+                   neighbours=max(planes + ([anatomy.neighbours] if anatomy else [])),
+                   device=device, hashes={role: sha256_file(p) for role, p in paths.items()},
+                   sd1_neighbours=planes[0], sd2_neighbours=planes[1],
                    anchors=anchors_from_metadata(sd2_extra.get(ANCHORS_KEY, {})),
-                   sd2_max_t=int(sd2_extra.get("max_t", 400)),
-                   anatomy=_load_anatomy(folder, registry, int(extra["neighbours"]), device))
+                   sd2_max_t=int(sd2_extra.get("max_t", 400)), anatomy=anatomy)
 
     def _autocast(self) -> torch.autocast:
         """bf16 autocast where the device computes bf16 natively (:func:`native_bf16`)."""
@@ -336,6 +344,11 @@ class Cascade:
         sample = SAMPLERS[sampler]
         clock = _Clock(timings)
         c = self.neighbours
+
+        def planes(x: torch.Tensor, n: int) -> torch.Tensor:
+            """The centre plane of ``x`` with ``n`` neighbours on either side."""
+            return x[:, c - n : c + n + 1]
+
         # The conditioning shared by both orientations: the sinogram branch's image-space
         # features F_s (Sec. III.C, steps 1-2) and the prompt's meta-information tokens.
         x_cond = low_dose.to(self.device, torch.float32)
@@ -359,26 +372,29 @@ class Cascade:
                        anchor_images: dict[int, torch.Tensor] | None) -> torch.Tensor:
             """SD1 from x_T -> resample to N -> SD2 (steps 3-5) for one orientation."""
             sd2, anatomy_features = self.sd2, None
+            sd2_cond = pet_cond = planes(x_cond, self.sd2_neighbours)
             if anatomy is not None and self.anatomy is not None:
-                sd2 = self.anatomy.unet
+                sd2, n = self.anatomy.unet, self.anatomy.neighbours
+                sd2_cond = planes(x_cond, n)
                 with self._autocast():
                     anatomy_features = self.anatomy.branch(modality)(
-                        anatomy.to(self.device, torch.float32))
+                        planes(anatomy, n).to(self.device, torch.float32))
                 clock.lap("anatomy_branch_s")
+            sd1_cond = planes(x_cond, self.sd1_neighbours)
 
             def sd1_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
                 with self._autocast():
-                    return self.sd1(torch.cat([x_t, x_cond], 1), t,
+                    return self.sd1(torch.cat([x_t, sd1_cond], 1), t,
                                     stage_features=features).float()
 
             def sd2_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
                 with self._autocast():
-                    return sd2(torch.cat([x_t, x_cond], 1), t, context=tokens,
+                    return sd2(torch.cat([x_t, sd2_cond], 1), t, context=tokens,
                                context_mask=mask, stage_features=anatomy_features).float()
 
             def pet_only_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
                 with self._autocast():
-                    return self.sd2(torch.cat([x_t, x_cond], 1), t, context=tokens,
+                    return self.sd2(torch.cat([x_t, pet_cond], 1), t, context=tokens,
                                     context_mask=mask).float()
 
             (first, first_fn), (second, second_fn) = (("sd1", sd1_fn), ("sd2", sd2_fn))[
@@ -477,16 +493,16 @@ def inference_autocast(device: torch.device) -> torch.autocast:
                           enabled=native_bf16(device))
 
 
-def _load_anatomy(folder: Path, registry: dict[str, Any], neighbours: int,
-                  device: torch.device) -> AnatomyGuidance | None:
+def _load_anatomy(folder: Path, registry: dict[str, Any], device: torch.device
+                  ) -> AnatomyGuidance | None:
     """The anatomy-guided SD2's U-Net of a weights folder (verified), None when the folder
     has neither it nor a branch; its branches are loaded on demand.
 
     Raises
     ------
     PetReconError
-        The U-Net is there without any branch or a branch without the U-Net, the U-Net
-        fails verification, or it was trained with other neighbour planes than the cascade.
+        The U-Net is there without any branch or a branch without the U-Net, or the U-Net
+        fails verification.
     """
     unet_path = folder / ANATOMY_FILES["unet"]
     branches = [name for name in ANATOMY_BRANCH_FILES.values() if (folder / name).exists()]
@@ -498,10 +514,8 @@ def _load_anatomy(folder: Path, registry: dict[str, Any], neighbours: int,
         raise PetReconError(f"{folder}: {present} without {missing} (the anatomy-guided SD2 "
                             "needs its U-Net and a branch)")
     unet, extra = load_model(unet_path, registry=registry, device=device)
-    if extra.get("neighbours") != neighbours:
-        raise PetReconError(f"{unet_path}: trained with {extra.get('neighbours')} neighbour "
-                            f"planes, the cascade with {neighbours}")
-    return AnatomyGuidance(unet=unet, folder=folder, neighbours=neighbours,  # type: ignore[arg-type]
+    return AnatomyGuidance(unet=unet, folder=folder,  # type: ignore[arg-type]
+                           neighbours=int(extra["neighbours"]),
                            device=device, unet_sha256=sha256_file(unet_path),
                            extra=dict(extra.get("anatomy", {})))
 

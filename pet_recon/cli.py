@@ -398,6 +398,11 @@ def train(
         float, typer.Option(min=0.0, help="sd1, sd2, anatomy: extra loss weight of lesion pixels "
                                           "(1 + W times the squared error; 0: plain MSE).")
     ] = 0.0,
+    neighbours: Annotated[
+        int, typer.Option(min=0, max=8, help="sd1, sd2, unet: low-dose planes on either side of "
+                                             "the slice the network sees; with --init, a model "
+                                             "trained with fewer is widened.")
+    ] = 1,
 ) -> None:
     """Train one stage of the MiG-DM cascade (or the U-Net baseline) on simulated shards."""
     from pet_recon.training import STAGES, TrainOptions
@@ -412,7 +417,8 @@ def train(
         anchor_loss=anchor_loss, anchor_weight=anchor_weight, anchor_width=anchor_width,
         aux_weight=aux_weight, families=tuple(family or ("brain",)), mismatch=mismatch,
         modalities=tuple(modality or ("mr",)), lock_text=lock_text, init=init,
-        pure_noise_p=pure_noise_p, sd1_input_p=sd1_input_p, lesion_weight=lesion_weight))
+        pure_noise_p=pure_noise_p, sd1_input_p=sd1_input_p, lesion_weight=lesion_weight,
+        neighbours=neighbours))
     typer.echo(json.dumps({k: report[k] for k in ("stage", "seconds", "weights", "metrics")}))
 
 

@@ -204,6 +204,11 @@ class TrainOptions:
         ``1 + lesion_weight`` times (:func:`lesion_weights`). Petrecon's choice, not the
         papers': lesions cover well under 1 % of the pixels, so a plain MSE barely sees their
         contrast. 0 (default): the plain MSE, and the shards need no ``labels``.
+    neighbours : int
+        ``sd1``, ``sd2`` and ``unet``: low-dose planes on either side of the slice the
+        network sees (``2 * neighbours + 1`` planes; default :data:`NEIGHBOURS`). With
+        ``init``, a ``--frozen`` file trained with fewer planes has its input convolution
+        widened (:func:`widen_input_planes`), so fine-tuning starts from that model.
     """
 
     data: Path
@@ -233,6 +238,35 @@ class TrainOptions:
     pure_noise_p: float = 0.0
     sd1_input_p: float = 0.0
     lesion_weight: float = 0.0
+    neighbours: int = NEIGHBOURS
+
+
+def widen_input_planes(unet: UNet, trained: int, neighbours: int) -> None:
+    """Give a conditional U-Net trained with ``trained`` low-dose neighbour planes on
+    either side ``neighbours >= trained`` of them, in place, without changing its output.
+
+    The input is ``cat([x_t, planes])`` (diffusion stages) or the planes alone (the U-Net
+    baseline): the trained planes' kernels move to the middle of the wider stack and the
+    new outer planes get zero kernels, so the widened model computes what it computed
+    before until fine-tuning changes them.
+    """
+    if neighbours == trained:
+        return
+    if neighbours < trained:
+        raise PetReconError(f"cannot narrow a model trained with {trained} neighbour planes "
+                            f"to {neighbours}")
+    old = unet.conv_in
+    lead = old.in_channels - (2 * trained + 1)  # x_t of the diffusion stages, or none
+    new = nn.Conv2d(lead + 2 * neighbours + 1, old.out_channels, old.kernel_size,
+                    padding=old.padding).to(old.weight.device)
+    with torch.no_grad():
+        new.weight.zero_()
+        shift = neighbours - trained
+        new.weight[:, :lead] = old.weight[:, :lead]
+        new.weight[:, lead + shift : lead + shift + 2 * trained + 1] = old.weight[:, lead:]
+        new.bias.copy_(old.bias)
+    unet.conv_in = new
+    unet.config["in_channels"] = new.in_channels
 
 
 class EMA:
@@ -686,8 +720,8 @@ class AnatomyGuidedUNet(nn.Module):
         return getattr(self, BRANCH_MODULES[modality])
 
 
-def _sd_unet(context_dim: int | None) -> UNet:
-    return UNet(in_channels=1 + 2 * NEIGHBOURS + 1, out_channels=1, context_dim=context_dim)
+def _sd_unet(context_dim: int | None, neighbours: int) -> UNet:
+    return UNet(in_channels=1 + 2 * neighbours + 1, out_channels=1, context_dim=context_dim)
 
 
 def _sinogram_input(batch: dict[str, Any], srm: SinogramRestoration, device: torch.device,
@@ -695,7 +729,8 @@ def _sinogram_input(batch: dict[str, Any], srm: SinogramRestoration, device: tor
     """Restored, normalised sinograms ``(B, 1, views, bins)``; some replaced by the
     projection of the low-dose image (the fallback used when no sinogram is given)."""
     sino = batch["sino_ld"].to(device)
-    ld = batch["ld"][:, NEIGHBOURS : NEIGHBOURS + 1].to(device)
+    c = batch["ld"].shape[1] // 2  # the slice itself, in the middle of its planes
+    ld = batch["ld"][:, c : c + 1].to(device)
     use_projection = [rng.random() < PROJECTED_SINOGRAM_P for _ in range(sino.shape[0])]
     if any(use_projection):
         projected = project_image(ld, n_views=sino.shape[-2], n_bins=sino.shape[-1])
@@ -787,7 +822,7 @@ def _sd1(opts: TrainOptions, first: dict[str, Any], rng: random.Random) -> _Diff
     if opts.init:
         unet, branch, extra["init_sha256"] = _frozen_sd1(opts)
     else:
-        unet = _sd_unet(None)
+        unet = _sd_unet(None, opts.neighbours)
         branch = SinogramBranch(stage_channels=unet.stage_channels,
                                 image_size=first["ld"].shape[-1],
                                 n_views=first["sino_ld"].shape[-2],
@@ -816,9 +851,8 @@ def _frozen_sd1(opts: TrainOptions) -> tuple[UNet, SinogramBranch, dict[str, str
         hashes[name] = sha256_file(path)
         module, extra = load_model(path, registry={cls.__name__: cls}, device=opts.device,
                                    expected_sha256=hashes[name] if opts.trust_frozen else None)
-        if cls is UNet and extra.get("neighbours") != NEIGHBOURS:
-            raise PetReconError(f"{path}: not an SD1 of this cascade (neighbours "
-                                f"{extra.get('neighbours')}; expected {NEIGHBOURS})")
+        if cls is UNet:
+            _widen_frozen(module, extra, path, opts.neighbours, "SD1")  # type: ignore[arg-type]
         modules.append(module.train())
     return modules[0], modules[1], hashes
 
@@ -839,11 +873,22 @@ def _frozen_sd2(opts: TrainOptions) -> tuple[UNet, str]:
     sha256 = sha256_file(path)
     unet, extra = load_model(path, registry={"UNet": UNet}, device=opts.device,
                              expected_sha256=sha256 if opts.trust_frozen else None)
-    if extra.get("neighbours") != NEIGHBOURS or extra.get("max_t") != SD2_MAX_T:
-        raise PetReconError(f"{path}: not an SD2 of this cascade (neighbours "
-                            f"{extra.get('neighbours')}, max_t {extra.get('max_t')}; "
-                            f"expected {NEIGHBOURS} and {SD2_MAX_T})")
+    if extra.get("max_t") != SD2_MAX_T:
+        raise PetReconError(f"{path}: not an SD2 of this cascade (max_t "
+                            f"{extra.get('max_t')}; expected {SD2_MAX_T})")
+    _widen_frozen(unet, extra, path, opts.neighbours, "SD2")  # type: ignore[arg-type]
     return unet.train(), sha256
+
+
+def _widen_frozen(unet: UNet, extra: dict[str, Any], path: Path, neighbours: int,
+                  role: str) -> None:
+    """Widen a ``--frozen`` U-Net to ``neighbours`` planes (:func:`widen_input_planes`);
+    one-line error for a file that is no such stage or has more planes."""
+    trained = extra.get("neighbours")
+    if not isinstance(trained, int) or trained > neighbours:
+        raise PetReconError(f"{path}: not an {role} to fine-tune with {neighbours} neighbour "
+                            f"planes (trained with {trained})")
+    widen_input_planes(unet, trained, neighbours)
 
 
 def _sd2(opts: TrainOptions, first: dict[str, Any], rng: random.Random) -> _Diffusion:
@@ -855,7 +900,7 @@ def _sd2(opts: TrainOptions, first: dict[str, Any], rng: random.Random) -> _Diff
         unet, sha256 = _frozen_sd2(opts)
         extra["init_sha256"] = {"sd2.safetensors": sha256}
     else:
-        unet = _sd_unet(encoder.config["width"])
+        unet = _sd_unet(encoder.config["width"], opts.neighbours)
 
     def predict(module: UNet, batch: dict[str, Any], x: torch.Tensor, t: torch.Tensor,
                 oy: int, ox: int) -> tuple[torch.Tensor, None]:
@@ -989,9 +1034,10 @@ class _Sd1Outputs:
         bool; zeros for the others (not computed)."""
         out = torch.zeros_like(ld[:, :1])
         index = chosen.nonzero()[:, 0]
+        c, n = ld.shape[1] // 2, self.cascade.neighbours  # the cascade's planes, centred
         if len(index):
             out[index] = self.cascade.restore(
-                ld[index], batch["sino_ld"][index.cpu()],
+                ld[index, c - n : c + n + 1], batch["sino_ld"][index.cpu()],
                 [batch["prompt"][i] for i in index.tolist()], resample_step=0,
                 generator=self.generator)
         return out
@@ -1006,8 +1052,12 @@ def _train_sd(stage: str, opts: TrainOptions) -> dict[str, Any]:
     rng = random.Random(opts.seed)
     torch.manual_seed(opts.seed)
     anatomy = stage == "anatomy"
+    neighbours = NEIGHBOURS if anatomy else opts.neighbours  # the planes the network sees
+    sd1 = _Sd1Outputs(opts) if opts.sd1_input_p > 0 else None
+    # The stream's planes: SD1's for the items started from its output, if SD1 sees more.
+    planes = max(neighbours, sd1.cascade.neighbours) if sd1 is not None else neighbours
     try:
-        stream = SliceStream(opts.data, "train", neighbours=NEIGHBOURS, seed=opts.seed,
+        stream = SliceStream(opts.data, "train", neighbours=planes, seed=opts.seed,
                              with_levels=opts.anchor_loss, with_labels=opts.lesion_weight > 0,
                              families=opts.families if anatomy else None, with_anatomy=anatomy,
                              mismatch=opts.mismatch if anatomy else 0.0,
@@ -1019,7 +1069,6 @@ def _train_sd(stage: str, opts: TrainOptions) -> dict[str, Any]:
     size = first["ld"].shape[-1]
     diffusion = DIFFUSION_STAGES[stage](opts, first, rng)
     max_t = schedule.num_steps if stage == "sd1" else SD2_MAX_T
-    sd1 = _Sd1Outputs(opts) if opts.sd1_input_p > 0 else None
     run = _Run(stage, diffusion.module, opts)
     if opts.anchor_loss:
         anchors, calibration = _anchor_calibration(run, schedule, opts)
@@ -1032,7 +1081,8 @@ def _train_sd(stage: str, opts: TrainOptions) -> dict[str, Any]:
         fd = batch["fd"].to(opts.device) / ref
         oy, ox = _crop_offsets(size, opts.patch, rng)
         window = (slice(None), slice(None), slice(oy, oy + opts.patch), slice(ox, ox + opts.patch))
-        x0, cond = fd[window], ld[window]
+        x0 = fd[window]
+        cond = ld[:, planes - neighbours : planes + neighbours + 1][window]
         t = torch.randint(1, max_t + 1, (x0.shape[0],), device=opts.device)
         if opts.pure_noise_p > 0:
             # t = T for a fraction of the items: the regime of the sampler's first step.
@@ -1063,7 +1113,7 @@ def _train_sd(stage: str, opts: TrainOptions) -> dict[str, Any]:
             loss = loss + opts.anchor_weight * anchor_loss(
                 pred.float(), images / ref[:, None], drfs, t, anchors, opts.anchor_width)
         run.step(step, loss)
-    extra = {"schedule": schedule.config, "prediction": "x0", "neighbours": NEIGHBOURS,
+    extra = {"schedule": schedule.config, "prediction": "x0", "neighbours": neighbours,
              "max_t": max_t, **diffusion.extra}
     if opts.anchor_loss:
         extra[ANCHORS_KEY] = anchors_metadata(anchors)
@@ -1077,8 +1127,8 @@ def _train_sd(stage: str, opts: TrainOptions) -> dict[str, Any]:
 
 def _train_unet(opts: TrainOptions) -> dict[str, Any]:
     torch.manual_seed(opts.seed)
-    model = UNet(in_channels=1 + 2 * NEIGHBOURS, out_channels=1, time_embedding=False)
-    return fit_unet(model, NEIGHBOURS, opts)
+    model = UNet(in_channels=1 + 2 * opts.neighbours, out_channels=1, time_embedding=False)
+    return fit_unet(model, opts.neighbours, opts)
 
 
 def fit_unet(model: UNet, neighbours: int, opts: TrainOptions) -> dict[str, Any]:
@@ -1286,6 +1336,8 @@ def _train_command(stage: str, options: dict[str, str]) -> str:
         flags.append(f"--lesion-weight {options['lesion_weight']}")
     if options.get("anchor_loss") == "True":
         flags.append("--anchor-loss")
+    if int(options.get("neighbours", NEIGHBOURS)) != NEIGHBOURS and stage != "anatomy":
+        flags.append(f"--neighbours {options['neighbours']}")
     if stage == "anatomy":
         modalities = ast.literal_eval(options.get("modalities", "('MR',)"))
         flags += [f"--modality {m.lower()}" for m in modalities]

@@ -173,7 +173,7 @@ def test_train_sd2_sd1_input_starts_from_sd1_outputs(runs: Path, tmp_path: Path,
             ("sd1", {"sd1_input_p": 0.5}, "--sd1-input-p is an option of sd2, not sd1"),
             ("sd2", {"sd1_input_p": 2.0}, r"--sd1-input-p must be in \[0, 1\]"),
             ("srm", {"init": True, "sd1_input_p": 0.0}, "--init is an option of sd1 and sd2"),
-            ("sd2", {"frozen": tmp_path / "none"}, "none/mi-encoder.safetensors: not found")):
+            ("sd2", {"frozen": tmp_path / "none"}, "none/sd1.safetensors: not found")):
         with pytest.raises(PetReconError, match=message):
             train(stage, replace(opts, out=tmp_path / "bad", **change))
 
@@ -428,6 +428,38 @@ def test_publish_lists_weights_with_validation_metrics(runs: Path) -> None:
     assert result["validation"]["val_slices"] > 0
     assert "psnr_db_cascade" in result["validation"]
     Cascade.load(runs / "published", CPU)  # every hash verifies
+
+
+def test_train_sd1_more_neighbours_widens_and_the_cascade_gives_each_its_planes(
+        runs: Path, tmp_path: Path) -> None:
+    from pet_recon.training import _train_command, publish
+
+    weights = tmp_path / "weights"
+    shutil.copytree(runs / "weights", weights)
+    narrow = Cascade.load(weights, CPU)
+    # lr 0: SD1 widened to 2 neighbour planes on either side, its outer kernels zero.
+    opts = TrainOptions(data=runs / "data", out=tmp_path / "one" / "sd1", steps=1, device=CPU,
+                        batch_size=4, patch=32, lr=0.0, frozen=weights, init=True, neighbours=2)
+    report = train("sd1", opts)
+    assert "--init --neighbours 2" in _train_command("sd1", report["options"])
+    publish(tmp_path / "one", weights, runs / "data", CPU)
+    wide = Cascade.load(weights, CPU)
+    assert (wide.neighbours, wide.sd1_neighbours, wide.sd2_neighbours) == (2, 2, 1)
+    volume = np.random.default_rng(0).random((3, 32, 32), dtype=np.float32)
+    outer = volume[::-1].copy()  # other planes further out: the widened SD1 ignores them
+    prompt = "Tracer: FDG."
+    out_narrow = narrow.restore(torch.from_numpy(neighbour_stack(volume, 1)), None, prompt,
+                                generator=torch.Generator().manual_seed(0))
+    stack = neighbour_stack(volume, 2)
+    stack[:, [0, 4]] = neighbour_stack(outer, 2)[:, [0, 4]]
+    out_wide = wide.restore(torch.from_numpy(stack), None, prompt,
+                            generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(out_narrow, out_wide, atol=1e-5)
+    # SD2 (one plane either side) trained from the wider SD1's outputs: each its own planes.
+    sd2 = train("sd2", replace(opts, out=tmp_path / "sd2", neighbours=1, sd1_input_p=1.0))
+    assert Path(sd2["weights"]).exists()
+    with pytest.raises(PetReconError, match="not an SD1 to fine-tune with 0 neighbour planes"):
+        train("sd1", replace(opts, out=tmp_path / "fewer", neighbours=0))
 
 
 def test_publish_one_retrained_stage_keeps_the_others(runs: Path, tmp_path: Path) -> None:
