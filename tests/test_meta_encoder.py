@@ -99,6 +99,10 @@ def test_image_inputs_relative_image_and_log_concentration() -> None:
                               torch.tensor([0.2, 4.0]))
     torch.testing.assert_close(same, images)
     torch.testing.assert_close(both, torch.tensor([[1.0, -1.0], [0.0, 0.0]]))
+    # A noise-free volume: the floor (1e-3, log10 = -3), not -inf.
+    _, floored = image_inputs(planes, torch.tensor([2.0, 4.0]), torch.tensor([5000.0, 250.0]),
+                              torch.tensor([0.0, 4.0]))
+    torch.testing.assert_close(floored, torch.tensor([[1.0, -3.0], [0.0, 0.0]]))
 
 
 def test_padding_does_not_change_outputs() -> None:

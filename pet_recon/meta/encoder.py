@@ -325,6 +325,11 @@ class MetaEncoder(nn.Module):
 KBQ_PER_ML = 1000.0
 
 
+#: Smallest relative noise ``noise / ref`` the image tower is given (the simulated low-dose
+#: volumes of the training data have 0.008 to 0.05; a noise-free volume has 0).
+RELATIVE_NOISE_FLOOR = 1e-3
+
+
 def image_inputs(planes: torch.Tensor, ref: torch.Tensor, bqml_per_suv: torch.Tensor,
                  noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The image tower's inputs for a batch of low-dose slices: relative image and levels.
@@ -335,10 +340,10 @@ def image_inputs(planes: torch.Tensor, ref: torch.Tensor, bqml_per_suv: torch.Te
     1. ``log10(ref * bqml_per_suv / 1 kBq/ml)``: the reference concentration in the units
        the scanner measures (Bq/ml, DICOM Units BQML), which depends on the injected
        activity, weight, uptake time and dose level that the prompt states;
-    2. with ``noise``, ``log10(noise / ref)``: the volume's relative noise
-       (:func:`~pet_recon.metrics.noise_sigma`), set by the counts the scan collected
-       (activity, frame duration, scanner, body size, dose level), which the half-size image
-       shows only in part.
+    2. with ``noise``, ``log10(max(noise / ref, RELATIVE_NOISE_FLOOR))``: the volume's
+       relative noise (:func:`~pet_recon.metrics.noise_sigma`), set by the counts the scan
+       collected (activity, frame duration, scanner, body size, dose level), which the
+       half-size image shows only in part; the floor keeps a noise-free volume finite.
 
     The convolutional features are blind to the image's overall scale (GroupNorm), so the
     level comes in as a scalar.
@@ -352,7 +357,7 @@ def image_inputs(planes: torch.Tensor, ref: torch.Tensor, bqml_per_suv: torch.Te
     bqml_per_suv : torch.Tensor
         ``(B,)`` float Bq/ml per SUV of each slice's volume (``1 / suv_factor``).
     noise : torch.Tensor, optional
-        ``(B,)`` float noise SD of each slice's volume, SUV (positive).
+        ``(B,)`` float noise SD of each slice's volume, SUV (0 or more).
 
     Returns
     -------
@@ -364,8 +369,8 @@ def image_inputs(planes: torch.Tensor, ref: torch.Tensor, bqml_per_suv: torch.Te
     ref = ref.float()
     images = F.avg_pool2d(planes.float() / ref[:, None, None, None], 2)
     columns = [torch.log10(ref * bqml_per_suv.float() / KBQ_PER_ML)]
-    if noise is not None:
-        columns.append(torch.log10(noise.float() / ref))
+    if noise is not None:  # floored: a noise-free volume would give -inf
+        columns.append(torch.log10((noise.float() / ref).clamp_min(RELATIVE_NOISE_FLOOR)))
     return images, torch.stack(columns, dim=1)
 
 
