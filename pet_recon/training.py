@@ -1219,6 +1219,10 @@ def train(stage: str, opts: TrainOptions) -> dict[str, Any]:
                             f"not {stage}")
     if opts.lesion_weight < 0:
         raise PetReconError(f"--lesion-weight must be >= 0, got {opts.lesion_weight}")
+    if stage not in ("sd1", "sd2", "unet") and opts.neighbours != NEIGHBOURS:
+        raise PetReconError(f"--neighbours is an option of sd1, sd2 and unet, not {stage}")
+    if opts.neighbours < 0:
+        raise PetReconError(f"--neighbours must be >= 0, got {opts.neighbours}")
     for name, value, owner in (("pure-noise-p", opts.pure_noise_p, "sd1"),
                                ("sd1-input-p", opts.sd1_input_p, "sd2")):
         if stage != owner and value > 0:

@@ -460,6 +460,9 @@ def test_train_sd1_more_neighbours_widens_and_the_cascade_gives_each_its_planes(
     assert Path(sd2["weights"]).exists()
     with pytest.raises(PetReconError, match="not an SD1 to fine-tune with 0 neighbour planes"):
         train("sd1", replace(opts, out=tmp_path / "fewer", neighbours=0))
+    with pytest.raises(PetReconError, match="--neighbours is an option of sd1, sd2 and unet, "
+                                            "not anatomy"):
+        train("anatomy", replace(opts, out=tmp_path / "anatomy", init=False))
 
 
 def test_publish_one_retrained_stage_keeps_the_others(runs: Path, tmp_path: Path) -> None:
