@@ -13,7 +13,6 @@ noise-free full-dose image. docs/benchmark.md, "More planes of context", has the
         OUT/ft3/unet.safetensors
 """
 
-import hashlib
 import sys
 import tempfile
 from pathlib import Path
@@ -27,14 +26,14 @@ from pet_recon.cascade import neighbour_stack
 from pet_recon.metrics import psnr, voi_stats
 from pet_recon.models.intensity import reference_value
 from pet_recon.models.unet import UNet
-from pet_recon.weights import load_model, weights_dir
+from pet_recon.weights import load_model, sha256_file, weights_dir
 
 CPU = torch.device("cpu")
 
 
 def load(path: Path) -> tuple[UNet, int]:
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    model, extra = load_model(path, registry={"UNet": UNet}, expected_sha256=digest, device=CPU)
+    model, extra = load_model(path, registry={"UNet": UNet}, expected_sha256=sha256_file(path),
+                              device=CPU)
     return model.eval(), int(extra["neighbours"])
 
 
